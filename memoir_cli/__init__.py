@@ -1,0 +1,13 @@
+"""memoir: lifelong model editing with a sparse residual memory (MEMOIR), managed like a patch set.
+
+Python API for people who generate with their own code:
+
+    pack = memoir_cli.load_pack("my-pack")
+    memoir_cli.attach(model, pack)      # model now answers with the pack's edits
+    memoir_cli.detach(model)            # the original modules are back, exactly
+"""
+from ._version import __version__
+from .memory import attach, detach
+from .pack import load_pack
+
+__all__ = ["__version__", "attach", "detach", "load_pack"]

@@ -1,0 +1,283 @@
+"""The `memoir` command line: one thin function per command; logic lives in the library.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input (facts file, arguments), 3 pack problem
+(missing, corrupt, tampered, made for another model), 4 model problem (cannot load, unsupported),
+130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._version import __version__
+from .errors import BadInputError, MemoirError
+
+app = typer.Typer(
+    name="memoir",
+    help="Keep a language model's knowledge up to date with MEMOIR edit packs.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Hub repo id, local folder or .gguf file. Default: the pack's base model, "
+                 "else the built-in SmolLM2-135M-Instruct."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def _handles_errors(command: Callable) -> Callable:
+    """Turn library errors into one clear message and the command's exit code, never a traceback."""
+
+    @wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MemoirError as error:
+            err.print(f"[bold red]error:[/] {error.message}", highlight=False)
+            for line in error.details:
+                err.print(f"  {line}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]; nothing was written")
+            raise typer.Exit(130) from None
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"memoir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Keep a language model's knowledge up to date with MEMOIR edit packs."""
+
+
+@app.command()
+@_handles_errors
+def validate(
+    facts: Annotated[Path, typer.Argument(help="Facts file to check (JSONL, or ZsRE JSON).")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, zsre or auto (by extension).")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a facts file against the schema without loading a model.
+
+    [dim]Example: memoir validate examples/facts.jsonl[/]
+    """
+    from .facts import read_facts
+
+    records = read_facts(facts, fmt)
+    if as_json:
+        out.print_json(json.dumps({"file": str(facts), "facts": len(records), "valid": True}))
+    else:
+        out.print(f"[green]ok[/] {facts}: {len(records)} fact(s)")
+
+
+@app.command()
+@_handles_errors
+def edit(
+    facts: Annotated[Path, typer.Argument(help="Facts to add: JSONL (see schemas/fact.schema.json) or ZsRE JSON.")],
+    pack: Annotated[Path, typer.Option("--pack", "-p", help="Pack folder to create, or to add a version to.")],
+    model: ModelOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, zsre or auto (by extension).")] = "auto",
+    skip_invalid: Annotated[bool, typer.Option(help="Leave out bad records (each reported) instead of refusing the file.")] = False,
+    layer: Annotated[Optional[int], typer.Option(help="Block whose MLP down-projection is edited (default ~0.85 of depth).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Features per TopHash mask (default round(0.286 * d_ff)).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Routing threshold tau: minimum mask overlap to apply an edit.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Maximum optimisation steps per fact.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="SGD learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Edit FACTS into the pack at --pack (created if missing), one fact at a time.
+
+    [dim]Example: memoir edit examples/facts.jsonl --pack my-pack[/]
+    """
+    from .facts import read_facts
+    from .workflows import EditOptions, edit_pack
+
+    records = read_facts(facts, fmt, on_skip=_warn_skipped if skip_invalid else None)
+    options = EditOptions(layer=layer, top_k=top_k, threshold=threshold, seed=seed, steps=steps, lr=lr,
+                          device=device, dtype=dtype)
+    with _edit_progress(enabled=not as_json) as hooks:
+        summary = edit_pack(records, pack, model, options, **hooks)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+        return
+    report = summary.to_json()
+    table = Table(title=f"memoir edit -> {pack}", show_header=False)
+    table.add_row("pack", f"{pack} ({'created' if summary.created else 'updated'})")
+    table.add_row("edited", str(report["edited"]))
+    table.add_row("skipped (already in pack)", str(report["skipped"]))
+    table.add_row("converged (stop rule met)", f"{report['converged']} of {report['edited']}")
+    if report["seconds_per_edit"] is not None:
+        table.add_row("seconds per fact", f"{report['seconds_per_edit']:.2f}")
+    table.add_row("total seconds", f"{report['seconds']:.1f}")
+    out.print(table)
+
+
+class _edit_progress:
+    """A rich progress bar (fact i/N, loss, step) fed by edit_pack's callbacks."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("step {task.fields[step]}"),
+            TimeElapsedColumn(), console=err, disable=not enabled, transient=False,
+        )
+        self.task = None
+
+    def __enter__(self) -> dict:
+        self.progress.start()
+
+        def on_start(total: int) -> None:
+            self.task = self.progress.add_task("edit", total=total, loss="-", step="-")
+
+        def on_step(_number, _fact, step: int, loss: float) -> None:
+            self.progress.update(self.task, loss=f"{loss:.4f}", step=step)
+
+        def on_fact(_number, _result) -> None:
+            self.progress.advance(self.task)
+
+        return {"on_start": on_start, "on_step": on_step, "on_fact": on_fact}
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+def _warn_skipped(problem: str) -> None:
+    err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def apply(
+    packs: Annotated[list[Path], typer.Argument(help="One or more packs; stacked, the best-matching edit wins.")],
+    model: ModelOpt = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSONL file of {\"prompt\": ...} lines.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 32,
+    compare: Annotated[bool, typer.Option(help="Also show the base model's answer.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer prompts with the packs applied to the base model (interactive when no prompt is given).
+
+    [dim]Example: memoir apply my-pack --prompt "What university did Watts Humphrey attend?" --compare[/]
+    """
+    from .workflows import Session
+
+    texts = list(prompt or []) + (_read_prompts(prompts) if prompts else [])
+    session = Session(packs, model, device, dtype)
+    if not texts:
+        _interactive(session, max_new_tokens, compare)
+        return
+    answers = session.answer(texts, max_new_tokens, compare, batch_size)
+    if as_json:
+        out.print_json(json.dumps([a.to_json() for a in answers]))
+        return
+    table = Table(title="memoir apply", show_lines=True)
+    for column in ["prompt", "edited answer"] + (["base answer"] if compare else []) + ["routed to", "overlap"]:
+        table.add_column(column, overflow="fold")
+    for a in answers:
+        routed = f"{a.pack}:{a.edit_id}" if a.edit_id else "[dim]base model[/]"
+        row = [a.prompt, a.output.strip()] + ([a.base_output.strip()] if compare else []) + [routed, f"{a.overlap:.2f}"]
+        table.add_row(*row)
+    out.print(table)
+
+
+def _interactive(session, max_new_tokens: int, compare: bool) -> None:
+    if not sys.stdin.isatty():
+        raise BadInputError("no prompt given: pass --prompt TEXT or --prompts FILE (or run in a terminal)")
+    err.print("[dim]Type a prompt, empty line to quit.[/]")
+    while True:
+        text = typer.prompt("prompt", default="", show_default=False)
+        if not text.strip():
+            return
+        answer = session.answer([text], max_new_tokens, compare)[0]
+        out.print(f"[bold]{answer.output.strip()}[/]", highlight=False)
+        if compare:
+            out.print(f"[dim]base: {answer.base_output.strip()}[/]", highlight=False)
+        out.print(f"[dim]routed to {answer.edit_id or 'base model'} (overlap {answer.overlap:.2f})[/]")
+
+
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    texts, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(f"{path}:{number}: not valid JSON ({error.msg})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            problems.append(f"{path}:{number}: 'prompt' is required (a non-empty string)")
+            continue
+        texts.append(record["prompt"])
+    if problems:
+        raise BadInputError(f"{path}: {len(problems)} problem(s) in the prompts file", problems)
+    return texts
+
+
+@app.command()
+@_handles_errors
+def show(
+    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    facts: Annotated[int, typer.Option(help="How many facts to list.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a pack is: base model, settings, size and facts.
+
+    [dim]Example: memoir show my-pack --json[/]
+    """
+    from .pack import load_pack
+
+    loaded = load_pack(pack)
+    summary = loaded.summary()
+    active = loaded.memory.bank.active.tolist()
+    listed = [dict(f.to_json(), active=a) for f, a in zip(loaded.facts, active)]
+    if as_json:
+        out.print_json(json.dumps(dict(summary, facts=listed)))
+        return
+    table = Table(title=f"memoir pack {pack}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    out.print(table)
+    if listed:
+        facts_table = Table(title=f"facts ({min(facts, len(listed))} of {len(listed)})")
+        for column in ("id", "prompt", "target", "active"):
+            facts_table.add_column(column, overflow="fold")
+        for record in listed[:facts]:
+            facts_table.add_row(record["id"], record["prompt"], record["target"], "yes" if record["active"] else "no")
+        out.print(facts_table)
+
+
+def main() -> None:
+    app()

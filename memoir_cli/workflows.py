@@ -1,0 +1,241 @@
+"""What each command does, as library functions: the CLI only parses, calls one of these, renders."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .editor import EditResult, Editor, EditSettings, generate_prefixes
+from .errors import BadInputError
+from .facts import Fact
+from .memory import attach, detach
+from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
+from .pack import Pack, edit_settings, load_pack, new_pack, save_pack
+from .tophash import background_prompts, default_top_k, make_permutation, pad_left, prompt_features
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_SEED = 0
+
+
+@dataclass
+class EditOptions:
+    """Settings of `memoir edit`; None means: the pack's value, else the default for the model."""
+
+    layer: int | None = None
+    top_k: int | None = None
+    threshold: float | None = None
+    seed: int | None = None
+    steps: int | None = None
+    lr: float | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass
+class EditSummary:
+    pack: str
+    created: bool
+    results: list[EditResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        edited = len(self.results)
+        return {
+            "pack": self.pack,
+            "created": self.created,
+            "edited": edited,
+            "skipped": len(self.skipped),
+            "converged": sum(r.converged for r in self.results),
+            "seconds": round(self.seconds, 3),
+            "seconds_per_edit": round(sum(r.seconds for r in self.results) / edited, 3) if edited else None,
+            "edits": [
+                {"id": r.edit_id, "loss": round(r.loss, 5), "steps": r.steps, "converged": r.converged,
+                 "seconds": round(r.seconds, 3)}
+                for r in self.results
+            ],
+            "skipped_ids": self.skipped,
+        }
+
+
+def model_spec_for(pack: Pack) -> str:
+    """The --model to use for a pack when the user names none: the model it was made for."""
+    return DEFAULT_MODEL if pack.base_model_id == DEFAULT_MODEL_ID else pack.base_model_id
+
+
+def edit_pack(
+    facts: list[Fact],
+    pack_path: str | Path,
+    model_spec: str | None = None,
+    options: EditOptions = EditOptions(),
+    on_start: Callable[[int], None] | None = None,
+    on_step: Callable[[int, Fact, int, float], None] | None = None,
+    on_fact: Callable[[int, EditResult], None] | None = None,
+) -> EditSummary:
+    """Create the pack at `pack_path` (or add to it) with `facts`, and save it atomically."""
+    start = time.perf_counter()
+    pack_path = Path(pack_path)
+    existing = load_pack(pack_path) if pack_path.exists() else None
+    if existing is not None:
+        _check_fixed_settings(existing, options)
+    todo, skipped = _split_new_facts(facts, existing)
+    loaded = load_model(model_spec or (model_spec_for(existing) if existing else None), options.device, options.dtype)
+    pack = existing or _create_pack(loaded, options)
+    _update_settings(pack, options)
+    wrapper = attach(loaded.model, pack)
+    try:
+        editor = Editor(
+            loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.manifest["layer"]["index"],
+            pack.manifest["prefixes"], edit_settings(pack),
+        )
+        if on_start:
+            on_start(len(todo))
+        results = []
+        for number, fact in enumerate(todo):
+            result = editor.edit(fact, on_step=(lambda s, v, f=fact: on_step(number, f, s, v)) if on_step else None)
+            pack.facts.append(fact)
+            results.append(result)
+            if on_fact:
+                on_fact(number, result)
+    finally:
+        detach(loaded.model)
+    if results or existing is None:
+        save_pack(pack, pack_path)
+    return EditSummary(str(pack_path), existing is None, results, skipped, time.perf_counter() - start)
+
+
+def _create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
+    """A new, empty pack: edit layer, background features, permutation and training prefixes."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    layer = find_edit_layer(model, options.layer)
+    k = options.top_k if options.top_k is not None else default_top_k(layer.d_in)
+    if not 0 < k <= layer.d_in:
+        raise BadInputError(f"--top-k {k} is out of range: the edit layer has {layer.d_in} features")
+    seed = DEFAULT_SEED if options.seed is None else options.seed
+    prompts = background_prompts()
+    features = prompt_features(model, tokenizer, model.get_submodule(layer.path), prompts)
+    return new_pack(
+        model=model,
+        model_id=loaded.model_id,
+        revision=loaded.revision,
+        layer=layer,
+        k=k,
+        threshold=DEFAULT_THRESHOLD,
+        seed=seed,
+        settings=EditSettings(),
+        prefixes=generate_prefixes(model, tokenizer, seed),
+        background=features.mean(dim=0),
+        background_prompts=len(prompts),
+        permutation=make_permutation(layer.d_in, seed),
+        edit_dtype=options.dtype,
+    )
+
+
+def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
+    """Layer, k and seed shape every stored mask: an existing pack cannot change them."""
+    fixed = {
+        "--layer": (options.layer, pack.manifest["layer"]["index"]),
+        "--top-k": (options.top_k, pack.manifest["tophash"]["k"]),
+        "--seed": (options.seed, pack.manifest["tophash"]["seed"]),
+    }
+    for flag, (asked, stored) in fixed.items():
+        if asked is not None and asked != stored:
+            raise BadInputError(f"{pack.path}: this pack was made with {flag} {stored}; it cannot change to {asked}")
+
+
+def _update_settings(pack: Pack, options: EditOptions) -> None:
+    if options.threshold is not None:
+        if not 0.0 <= options.threshold <= 1.0:
+            raise BadInputError(f"--threshold {options.threshold} is out of range (0..1)")
+        pack.manifest["routing"]["threshold"] = options.threshold
+        pack.memory.threshold = options.threshold
+    if options.steps is not None:
+        pack.manifest["training"]["steps"] = options.steps
+    if options.lr is not None:
+        pack.manifest["training"]["lr"] = options.lr
+
+
+def _split_new_facts(facts: list[Fact], pack: Pack | None) -> tuple[list[Fact], list[str]]:
+    """Facts already in the pack (same id, same content) are skipped; a changed one is refused."""
+    known = {f.id: f for f in pack.facts} if pack else {}
+    todo, skipped = [], []
+    for fact in facts:
+        old = known.get(fact.id)
+        if old is None:
+            todo.append(fact)
+        elif (old.prompt, old.target) == (fact.prompt, fact.target):
+            skipped.append(fact.id)
+        else:
+            raise BadInputError(f"fact id {fact.id!r} is already in the pack with a different prompt or target")
+    return todo, skipped
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8
+) -> list[str]:
+    """Greedy continuations of `prompts`, batched with left padding (continuation text only)."""
+    device = next(model.parameters()).device
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
+        batch = pad_left(rows, tokenizer.pad_token_id, device)
+        generated = model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            top_p=None, top_k=None, temperature=None,
+        )
+        width = batch["input_ids"].shape[1]
+        outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated)
+    return outputs
+
+
+@dataclass
+class Answer:
+    prompt: str
+    output: str
+    pack: str | None
+    edit_id: str | None
+    overlap: float
+    base_output: str | None = None
+
+    def to_json(self) -> dict:
+        record = {"prompt": self.prompt, "output": self.output, "pack": self.pack, "edit_id": self.edit_id,
+                  "overlap": self.overlap}
+        if self.base_output is not None:
+            record["base_output"] = self.base_output
+        return record
+
+
+class Session:
+    """A model with packs attached, answering prompts (used by `memoir apply`)."""
+
+    def __init__(self, pack_paths: list[str | Path], model_spec: str | None = None, device: str = "cpu",
+                 dtype: str = "float32") -> None:
+        if not pack_paths:
+            raise BadInputError("name at least one pack")
+        self.packs = [load_pack(p) for p in pack_paths]
+        self.loaded = load_model(model_spec or model_spec_for(self.packs[0]), device, dtype)
+        self.wrapper = attach(self.loaded.model, *self.packs)
+
+    def answer(self, prompts: list[str], max_new_tokens: int = 32, compare: bool = False,
+               batch_size: int = 8) -> list[Answer]:
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        answers = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            outputs = generate(model, tokenizer, chunk, max_new_tokens, batch_size)
+            routes = self.wrapper.routes.describe(self.wrapper.memories)
+            base = self._base_outputs(chunk, max_new_tokens, batch_size) if compare else [None] * len(chunk)
+            answers.extend(
+                Answer(p, o, r["pack"], r["edit_id"], r["overlap"], b) for p, o, r, b in zip(chunk, outputs, routes, base)
+            )
+        return answers
+
+    def _base_outputs(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+        with self.wrapper.bypassed():
+            return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
