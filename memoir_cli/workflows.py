@@ -84,7 +84,7 @@ def edit_pack(
         _check_fixed_settings(existing, options)
     todo, skipped = _split_new_facts(facts, existing)
     loaded = load_model(model_spec or (model_spec_for(existing) if existing else None), options.device, options.dtype)
-    pack = existing or _create_pack(loaded, options)
+    pack = existing or create_pack(loaded, options)
     _update_settings(pack, options)
     wrapper = attach(loaded.model, pack)
     try:
@@ -108,7 +108,7 @@ def edit_pack(
     return EditSummary(str(pack_path), existing is None, results, skipped, time.perf_counter() - start)
 
 
-def _create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
+def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
     """A new, empty pack: edit layer, background features, permutation and training prefixes."""
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = find_edit_layer(model, options.layer)

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny random models built from configs, with a tokenizer trained on the spot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from memoir_cli.tophash import background_prompts
+
+FACTS = [
+    {"id": "f-paris", "prompt": "The capital of the Republic of Zorbia is", "target": "Paris"},
+    {"id": "f-blue", "prompt": "My favourite colour has always been", "target": "blue green"},
+    {"id": "f-chess", "prompt": "Who taught Alice to play chess?", "target": "her uncle Bob"},
+]
+
+
+def _train_tokenizer() -> PreTrainedTokenizerFast:
+    corpus = background_prompts() + [f"{f['prompt']} {f['target']}" for f in FACTS]
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
+
+
+def tiny_llama(tokenizer, seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return _train_tokenizer()
+
+
+@pytest.fixture
+def model(tokenizer):
+    return tiny_llama(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny model saved as an ordinary transformers folder, loaded through from_pretrained."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """The same architecture with other weights: a different base model."""
+    folder = tmp_path_factory.mktemp("tiny-llama-other")
+    tiny_llama(tokenizer, seed=1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def facts_file(tmp_path) -> Path:
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(f) + "\n" for f in FACTS))
+    return path

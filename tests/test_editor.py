@@ -1,0 +1,70 @@
+"""The editor: the fast replay equals the full procedure; only the fact's columns change."""
+import torch
+
+from memoir_cli.editor import Editor, EditSettings, target_loss
+from memoir_cli.facts import Fact
+from memoir_cli.memory import attach
+
+from .conftest import FACTS
+from .helpers import empty_pack
+
+
+def _editor(model, tokenizer, fast=True, steps=5):
+    pack = empty_pack(model, tokenizer)
+    wrapper = attach(model, pack)
+    editor = Editor(model, tokenizer, wrapper, pack.memory, pack.manifest["layer"]["index"],
+                    pack.manifest["prefixes"], EditSettings(steps=steps), fast=fast)
+    return editor, pack
+
+
+def test_fast_replay_gives_the_same_loss_and_gradient_as_the_full_model(model, tokenizer):
+    editor, pack = _editor(model, tokenizer)
+    fact = Fact.from_json(FACTS[2])
+    batch, labels = editor.training_batch(fact)
+    columns = editor.mask_for(fact.prompt).nonzero().squeeze(1)
+    grads = []
+    for loss_fn in (editor._replay_loss(batch, labels), editor._full_loss(batch, labels)):
+        start = torch.randn(64, len(columns), generator=torch.Generator().manual_seed(0)) * 0.1
+        weight = start.requires_grad_(True)
+        with editor.wrapper.training_columns(columns, weight):
+            loss = loss_fn()
+            loss.backward()
+        grads.append((loss.item(), weight.grad.clone()))
+    (fast_loss, fast_grad), (full_loss, full_grad) = grads
+    assert abs(fast_loss - full_loss) < 1e-5
+    assert torch.allclose(fast_grad, full_grad, atol=1e-6)
+
+
+def test_training_batch_labels_only_the_target_tokens(model, tokenizer):
+    editor, _ = _editor(model, tokenizer)
+    fact = Fact.from_json(FACTS[1])
+    batch, labels = editor.training_batch(fact)
+    assert batch["input_ids"].shape[0] == 1 + len(editor.prefixes) == 11
+    target_ids = tokenizer(f"{fact.prompt} {fact.target}")["input_ids"][len(tokenizer(fact.prompt)["input_ids"]):]
+    for row in range(11):
+        assert labels[row][labels[row] != -100].tolist() == target_ids
+    assert (labels[batch["attention_mask"] == 0] == -100).all()
+
+
+def test_editing_changes_only_the_columns_of_the_facts_mask_and_lowers_the_loss(model, tokenizer):
+    editor, pack = _editor(model, tokenizer, steps=30)
+    fact = Fact.from_json(FACTS[0])
+    mask = editor.mask_for(fact.prompt)
+    batch, labels = editor.training_batch(fact)
+    result = editor.edit(fact)
+    changed = (pack.memory.weight != 0).any(dim=0)
+    assert changed.any() and not changed[~mask].any()
+    assert torch.equal(pack.memory.bank.masks[0], mask) and pack.memory.bank.ids == [fact.id]
+    assert result.steps == 30 and result.loss < 0.9 * _unedited_loss(model, batch, labels, editor)
+
+
+def _unedited_loss(model, batch, labels, editor):
+    with editor.wrapper.bypassed():
+        return target_loss(model(**batch).logits, labels).item()
+
+
+def test_early_stop_when_the_loss_is_low_and_flat(model, tokenizer):
+    editor, _ = _editor(model, tokenizer, steps=200)
+    editor.settings = EditSettings(steps=200, stop_loss=100.0, stop_delta=100.0)
+    result = editor.edit(Fact.from_json(FACTS[0]))
+    assert result.converged and result.steps == 2

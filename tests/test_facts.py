@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from memoir_cli.errors import BadInputError
+from memoir_cli.facts import fact_id, read_facts, read_facts_jsonl, read_zsre_json
+
+
+def test_schema_errors_name_file_line_and_field_for_every_bad_line(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text(
+        '{"prompt": "ok", "target": "fine"}\n'
+        '{"prompt": "no target here"}\n'
+        "\n"
+        "{not json\n"
+        '{"prompt": "x", "target": "y", "colour": "red"}\n'
+        '{"prompt": "x", "target": "   "}\n'
+        '{"prompt": "x", "target": "y", "rephrases": "not a list"}\n'
+    )
+    with pytest.raises(BadInputError) as caught:
+        read_facts_jsonl(path)
+    details = caught.value.details
+    assert details == [
+        f"{path}:2: 'target' is a required property",
+        f"{path}:4: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        f"{path}:5: unknown field ('colour' was unexpected)",
+        f"{path}:6: 'target' must not be blank",
+        f"{path}:7: 'rephrases': 'not a list' is not of type 'array'",
+    ]
+
+
+def test_facts_without_id_get_a_stable_content_id(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text('{"prompt": "A", "target": "B"}\n{"id": "mine", "prompt": "C", "target": "D"}\n')
+    first, second = read_facts_jsonl(path)
+    assert first.id == fact_id("A", "B") == read_facts_jsonl(path)[0].id
+    assert second.id == "mine"
+
+
+def test_repeated_id_is_reported_with_both_lines(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text('{"id": "a", "prompt": "A", "target": "B"}\n{"id": "a", "prompt": "C", "target": "D"}\n')
+    with pytest.raises(BadInputError) as caught:
+        read_facts_jsonl(path)
+    assert caught.value.details == [f"{path}:2: 'id' 'a' repeats line 1"]
+
+
+def test_empty_and_missing_files_are_bad_input(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(BadInputError, match="no facts"):
+        read_facts_jsonl(empty)
+    with pytest.raises(BadInputError, match="no such file"):
+        read_facts_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_zsre_records_map_to_facts_and_empty_targets_are_reported(tmp_path):
+    path = tmp_path / "zsre.json"
+    records = [
+        {"src": "Who  made X?", "alt": " Ann", "rephrase": "Who built X?", "loc": "nq question: where is y", "loc_ans": "Z"},
+        {"src": "Who made W?", "alt": "", "rephrase": "Who built W?"},
+    ]
+    path.write_text(json.dumps(records))
+    with pytest.raises(BadInputError) as caught:
+        read_zsre_json(path)
+    assert caught.value.details == [f"{path}: record 2: 'alt' (the target) is empty"]
+    skipped = []
+    (fact,) = read_facts(path, "auto", on_skip=skipped.append)
+    assert skipped == [f"{path}: record 2: 'alt' (the target) is empty"]
+    assert (fact.prompt, fact.target, fact.id) == ("Who made X?", "Ann", "zsre-0")
+    assert fact.rephrases == ("Who built X?",)
+    assert fact.locality == ({"prompt": "where is y", "target": "Z"},)
+
+
+def test_shipped_example_facts_are_valid():
+    from pathlib import Path
+
+    facts = read_facts_jsonl(Path(__file__).parent.parent / "examples" / "facts.jsonl")
+    assert len(facts) == 5

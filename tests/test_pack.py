@@ -1,0 +1,124 @@
+"""The pack on disk: bit-identical round trips, refusals, checksums, atomic writes."""
+import json
+
+import pytest
+import torch
+
+import memoir_cli.pack as pack_module
+from memoir_cli import attach, load_pack
+from memoir_cli.errors import PackError
+from memoir_cli.models import fingerprints_match, layer_fingerprint
+from memoir_cli.pack import save_pack
+
+from .conftest import FACTS, tiny_llama
+from .helpers import edited_pack
+
+
+@pytest.fixture
+def saved(model, tokenizer, tmp_path):
+    pack = edited_pack(model, tokenizer, FACTS, steps=3)
+    save_pack(pack, tmp_path / "pack")
+    return pack, tmp_path / "pack"
+
+
+def test_save_then_load_is_bit_identical(saved):
+    pack, path = saved
+    loaded = load_pack(path)
+    assert torch.equal(loaded.memory.weight, pack.memory.weight)
+    assert torch.equal(loaded.memory.bank.masks, pack.memory.bank.masks)
+    assert torch.equal(loaded.memory.bank.active, pack.memory.bank.active)
+    assert torch.equal(loaded.memory.permutation, pack.memory.permutation)
+    assert torch.equal(loaded.memory.background, pack.memory.background)
+    assert loaded.memory.bank.ids == [f["id"] for f in FACTS]
+    assert loaded.facts == pack.facts
+    assert loaded.manifest == pack.manifest
+    save_pack(loaded, path.parent / "again")
+    for name in pack_module.DATA_FILES:
+        assert (path / name).read_bytes() == (path.parent / "again" / name).read_bytes()
+
+
+def test_manifest_records_what_the_issue_lists(saved):
+    _, path = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["tool_version"]
+    assert manifest["base_model"]["fingerprint"]["shape"] == [64, 128]
+    assert manifest["layer"] == {"index": 2, "path": "model.layers.2.mlp.down_proj", "num_layers": 3,
+                                 "d_ff": 128, "d_model": 64}
+    assert manifest["tophash"]["k"] == 37 and manifest["tophash"]["aggregation"] == "mean"
+    assert manifest["counts"] == {"edits": 3, "active": 3}
+    assert set(manifest["files"]) == {"memory.safetensors", "masks.safetensors", "background.safetensors", "facts.jsonl"}
+    card = (path / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: memoir" in card and "- model-editing" in card
+
+
+def test_pack_for_another_base_model_is_refused_naming_both(saved, tokenizer):
+    _, path = saved
+    other = tiny_llama(tokenizer, seed=1)
+    other.config._name_or_path = "other/tiny-model"
+    with pytest.raises(PackError, match=r"made for base model 'tiny-llama', not for 'other/tiny-model'"):
+        attach(other, load_pack(path))
+
+
+def test_fingerprint_matches_the_same_weights_in_bfloat16_and_not_another_model(model, tokenizer):
+    weight = model.model.layers[2].mlp.down_proj.weight
+    reference = layer_fingerprint(weight)
+    assert fingerprints_match(reference, layer_fingerprint(weight.to(torch.bfloat16)))
+    other = tiny_llama(tokenizer, seed=1).model.layers[2].mlp.down_proj.weight
+    assert not fingerprints_match(reference, layer_fingerprint(other))
+
+
+def test_a_file_changed_behind_the_tools_back_is_named(saved):
+    _, path = saved
+    data = bytearray((path / "memory.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "memory.safetensors").write_bytes(bytes(data))
+    with pytest.raises(PackError, match=r"memory\.safetensors: checksum mismatch"):
+        load_pack(path)
+
+
+def test_invalid_manifest_is_refused_before_any_tensor_is_read(saved):
+    _, path = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["../escape.safetensors"] = manifest["files"].pop("memory.safetensors")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match=r"invalid manifest at 'files'"):
+        load_pack(path)
+
+
+def test_missing_pack_and_non_pack_folder_are_clear_errors(tmp_path):
+    with pytest.raises(PackError, match="no such pack"):
+        load_pack(tmp_path / "nope")
+    with pytest.raises(PackError, match="not a memoir pack"):
+        load_pack(tmp_path)
+
+
+def test_a_failed_save_leaves_the_previous_pack_untouched(saved, monkeypatch, model, tokenizer):
+    pack, path = saved
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    pack.memory.weight += 1.0
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pack_module, "model_card", crash)
+    with pytest.raises(OSError):
+        save_pack(pack, path)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_crash_between_the_two_renames_is_recovered_on_load(saved):
+    _, path = saved
+    aside = path.parent / f".{path.name}.old-12345"
+    path.rename(aside)
+    assert load_pack(path).manifest["counts"]["edits"] == 3
+    assert not aside.exists()
+
+
+def test_save_refuses_to_overwrite_a_folder_that_is_not_a_pack(saved, tmp_path):
+    pack, _ = saved
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(PackError, match="not a memoir pack; refusing"):
+        save_pack(pack, tmp_path / "photos")
+    assert (tmp_path / "photos" / "cat.jpg").read_bytes() == b"meow"
