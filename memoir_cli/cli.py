@@ -49,7 +49,7 @@ def _handles_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MemoirError as error:
-            err.print(f"[bold red]error:[/] {error.message}", highlight=False)
+            err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
             for line in error.details:
                 err.print(f"  {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
@@ -105,7 +105,8 @@ def edit(
     top_k: Annotated[Optional[int], typer.Option(help="Features per TopHash mask (default round(0.286 * d_ff)).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Routing threshold tau: minimum mask overlap to apply an edit.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Maximum optimisation steps per fact.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="SGD learning rate.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="SGD learning rate (default 1.0 for d_ff >= 8192, else 4.0).")] = None,
+    rehearse: Annotated[Optional[int], typer.Option(help="Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
@@ -119,7 +120,7 @@ def edit(
     from .workflows import EditOptions, edit_pack
 
     records = read_facts(facts, fmt, on_skip=_warn_skipped if skip_invalid else None)
-    options = EditOptions(layer=layer, top_k=top_k, threshold=threshold, seed=seed, steps=steps, lr=lr,
+    options = EditOptions(layer=layer, top_k=top_k, threshold=threshold, seed=seed, steps=steps, lr=lr, rehearse=rehearse,
                           device=device, dtype=dtype)
     with _edit_progress(enabled=not as_json) as hooks:
         summary = edit_pack(records, pack, model, options, **hooks)
@@ -280,4 +281,9 @@ def show(
 
 
 def main() -> None:
+    import transformers
+
+    # Our own progress bars cover long work; transformers' per-load bars and notices are noise here.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     app()

@@ -4,6 +4,13 @@ For each fact: compute its TopHash mask from the bare prompt, build the augmente
 (the prompt plus 10 copies behind self-generated prefixes), and fit only the k memory columns the
 mask selects with SGD on the target tokens' cross-entropy.
 
+Rehearsal (our addition; `rehearse=0` is the reference procedure): similar prompts get masks that
+share most of their columns, so fitting a fact would overwrite an earlier edit of a near-identical
+question. The batch therefore also carries the bare prompt and target of up to `rehearse` earlier
+active edits whose masks overlap this fact's by at least the routing threshold, each under its own
+stored mask. Only this fact's columns are trained; the rehearsed rows just make the optimiser fit
+the new fact without undoing its neighbours.
+
 Why it is fast: nothing below the edit layer depends on the memory, so one no-grad pass records
 the hidden state entering the edit layer's block and the arguments each upper block receives;
 every optimisation step then replays only the blocks from the edit layer up (`fast=True`).
@@ -21,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .facts import Fact
-from .memory import MemoirLinear, ResidualMemory
+from .memory import MemoirLinear, ResidualMemory, TrainingState
 from .models import decoder_layers, final_norm
 from .tophash import pad_left, prompt_features
 
@@ -29,9 +36,19 @@ PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 PREFIX_LENGTHS = (5, 10)
 
 
+def default_lr(d_ff: int) -> float:
+    """The reference's 1.0 at its scale (Llama-3-8B, d_ff 14336); 4.0 for narrow layers.
+
+    The gradient is clipped to norm 1, so one step moves W_m by at most `lr`, and how far the
+    output moves per step grows with the activations' size. On SmolLM2-135M (d_ff 1536) lr 1.0
+    leaves 30 steps far from fitting (docs/BENCHMARKS.md); 4.0 fits.
+    """
+    return 1.0 if d_ff >= 8192 else 4.0
+
+
 @dataclass(frozen=True)
 class EditSettings:
-    """The reference optimiser and stop rule (MEMOIR.md)."""
+    """The reference optimiser and stop rule (MEMOIR.md), plus rehearsal (see the module doc)."""
 
     steps: int = 30
     lr: float = 1.0
@@ -39,6 +56,7 @@ class EditSettings:
     clip: float = 1.0
     stop_loss: float = 0.02
     stop_delta: float = 1e-4
+    rehearse: int = 8
 
 
 @dataclass
@@ -48,6 +66,7 @@ class EditResult:
     steps: int
     converged: bool
     seconds: float
+    rehearsed: int = 0
 
 
 @torch.no_grad()
@@ -70,7 +89,7 @@ def generate_prefixes(model: nn.Module, tokenizer, seed: int) -> list[str]:
 
 
 class Editor:
-    """Writes facts into `memory` through the wrapped edit layer of `model`."""
+    """Writes facts into `memory` (and `facts`, one per bank row) through the wrapped edit layer."""
 
     def __init__(
         self,
@@ -78,13 +97,15 @@ class Editor:
         tokenizer,
         wrapper: MemoirLinear,
         memory: ResidualMemory,
+        facts: list[Fact],
         layer_index: int,
         prefixes: list[str],
         settings: EditSettings = EditSettings(),
         fast: bool = True,
     ) -> None:
         self.model, self.tokenizer, self.wrapper, self.memory = model, tokenizer, wrapper, memory
-        self.layer_index, self.prefixes, self.settings, self.fast = layer_index, prefixes, settings, fast
+        self.facts, self.layer_index, self.prefixes = facts, layer_index, prefixes
+        self.settings, self.fast = settings, fast
         self.device = next(model.parameters()).device
 
     def mask_for(self, prompt: str) -> torch.Tensor:
@@ -92,13 +113,26 @@ class Editor:
         features = prompt_features(self.model, self.tokenizer, self.wrapper, [prompt])
         return self.memory.query_masks(features)[0]
 
-    def training_batch(self, fact: Fact) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Left-padded batch of the prompt and its prefixed copies, and the target-token labels."""
-        contexts = [fact.prompt] + [f"{prefix}. {fact.prompt}" for prefix in self.prefixes]
+    def neighbours(self, mask: torch.Tensor) -> list[int]:
+        """Bank rows of the earlier active edits this fact's columns could overwrite, most similar first."""
+        bank = self.memory.bank
+        if self.settings.rehearse <= 0 or len(bank) == 0:
+            return []
+        overlap = bank.overlaps(mask.unsqueeze(0))[0].cpu()
+        overlap[~bank.active] = -1.0
+        candidates = (overlap >= self.memory.threshold).nonzero().squeeze(1)
+        ranked = candidates[overlap[candidates].argsort(descending=True, stable=True)]
+        return ranked[: self.settings.rehearse].tolist()
+
+    def training_batch(self, fact: Fact, rehearsed: list[Fact] = ()) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Left-padded batch (the prompt, its prefixed copies, then the rehearsed facts' bare
+        prompts) and labels that mark only the target tokens."""
+        pairs = [(fact.prompt, fact.target)] + [(f"{prefix}. {fact.prompt}", fact.target) for prefix in self.prefixes]
+        pairs += [(other.prompt, other.target) for other in rehearsed]
         rows, label_rows = [], []
-        for context in contexts:
+        for context, target in pairs:
             context_ids = self.tokenizer(context)["input_ids"]
-            full_ids = self.tokenizer(f"{context} {fact.target}")["input_ids"]
+            full_ids = self.tokenizer(f"{context} {target}")["input_ids"]
             n_context = _common_prefix_length(context_ids, full_ids)
             rows.append(full_ids)
             label_rows.append([-100] * n_context + full_ids[n_context:])
@@ -107,16 +141,23 @@ class Editor:
         return batch, labels
 
     def edit(self, fact: Fact, on_step: Callable[[int, float], None] | None = None) -> EditResult:
-        """Fit `fact` into the memory; the memory's weight and bank are updated in place."""
+        """Fit `fact` into the memory; the memory's weight and bank and `facts` grow in place."""
         start = time.perf_counter()
         mask = self.mask_for(fact.prompt)
         columns = mask.nonzero().squeeze(1).to(self.device)
-        batch, labels = self.training_batch(fact)
+        neighbours = self.neighbours(mask)
+        batch, labels = self.training_batch(fact, [self.facts[row] for row in neighbours])
         weight = self.memory.weight[:, columns.cpu()].to(self.device).clone().requires_grad_(True)
+        state = TrainingState(columns, weight)
+        if neighbours:
+            own = mask.unsqueeze(0).expand(1 + len(self.prefixes), -1)
+            state.row_masks = torch.cat([own, self.memory.bank.masks[neighbours]]).to(self.device)
+            state.frozen = self.memory.weight.to(self.device).clone()
+            state.frozen[:, columns] = 0.0
         optimiser = torch.optim.SGD([weight], lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         loss_fn = self._replay_loss(batch, labels) if self.fast else self._full_loss(batch, labels)
         previous, converged, step = None, False, 0
-        with self.wrapper.training_columns(columns, weight):
+        with self.wrapper.fitting(state):
             for step in range(1, self.settings.steps + 1):
                 optimiser.zero_grad()
                 loss = loss_fn()
@@ -130,15 +171,16 @@ class Editor:
                 torch.nn.utils.clip_grad_norm_([weight], self.settings.clip)
                 optimiser.step()
                 previous = value
-        final = value if converged else self._final_loss(loss_fn, columns, weight)
+        final = value if converged else self._final_loss(loss_fn, state)
         self.memory.weight[:, columns.cpu()] = weight.detach().to(self.memory.weight.device, self.memory.weight.dtype)
         self.memory.bank.add(fact.id, mask)
+        self.facts.append(fact)
         self.wrapper.refresh()
-        return EditResult(fact.id, final, step, converged, time.perf_counter() - start)
+        return EditResult(fact.id, final, step, converged, time.perf_counter() - start, len(neighbours))
 
     @torch.no_grad()
-    def _final_loss(self, loss_fn, columns, weight) -> float:
-        with self.wrapper.training_columns(columns, weight):
+    def _final_loss(self, loss_fn, state: TrainingState) -> float:
+        with self.wrapper.fitting(state):
             return loss_fn().item()
 
     def _full_loss(self, batch, labels) -> Callable[[], torch.Tensor]:

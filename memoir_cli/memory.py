@@ -59,6 +59,25 @@ class Routes:
         return rows
 
 
+@dataclass
+class TrainingState:
+    """While editing a fact: the trainable columns of W_m and, when earlier edits are rehearsed,
+    each row's own mask (the rest of W_m is then applied frozen)."""
+
+    columns: torch.Tensor  # [k] the fact's mask, as column indices
+    weight: torch.Tensor  # [d_out, k] trainable copy of W_m[:, columns]
+    row_masks: torch.Tensor | None = None  # [batch, d_ff] 0/1 per row; None: every row uses `columns`
+    frozen: torch.Tensor | None = None  # [d_out, d_ff] W_m with `columns` zeroed
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        trained = x[..., self.columns]
+        if self.row_masks is None:
+            return trained @ self.weight.T.to(x.dtype)
+        masks = self.row_masks.to(x.dtype).unsqueeze(1)
+        own = (trained * masks[..., self.columns]) @ self.weight.T.to(x.dtype)
+        return own + (x * masks) @ self.frozen.T.to(x.dtype)
+
+
 class MemoirLinear(nn.Module):
     """A Linear layer plus routed residual memories (one per attached pack)."""
 
@@ -69,14 +88,13 @@ class MemoirLinear(nn.Module):
         self.routes: Routes | None = None
         self._call: tuple[torch.Tensor | None, bool] | None = None
         self._prompt_mask: torch.Tensor | None = None
-        self._training: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._training: TrainingState | None = None
         self._weights: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self._training is not None:
-            columns, weight = self._training
-            return out + (x[..., columns] @ weight.T.to(x.dtype)).to(out.dtype)
+            return out + self._training.delta(x).to(out.dtype)
         attention_mask, fresh = self._call if self._call is not None else (None, True)
         self._call = None
         if fresh or self.routes is None:
@@ -127,9 +145,9 @@ class MemoirLinear(nn.Module):
         self._weights.clear()
 
     @contextmanager
-    def training_columns(self, columns: torch.Tensor, weight: torch.Tensor) -> Iterator[None]:
-        """While editing: every row uses `weight` [d_out, k] on input columns `columns`."""
-        self._training = (columns, weight)
+    def fitting(self, state: TrainingState) -> Iterator[None]:
+        """While editing: the memory's output comes from `state` instead of routing."""
+        self._training = state
         try:
             yield
         finally:

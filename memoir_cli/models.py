@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ def _default_model_folder() -> Path:
         if (folder / "config.json").is_file():
             return folder
         gguf_dir = os.path.dirname(spec.origin)
+        print("memoir: converting the built-in SmolLM2-135M-Instruct from GGUF (once; about 20 s)...", file=sys.stderr)
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
             model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)

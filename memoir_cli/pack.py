@@ -15,6 +15,7 @@ safetensors, JSON and JSONL are ever read: a pack is data, never code.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -136,8 +137,7 @@ def new_pack(
                   "d_ff": layer.d_in, "d_model": layer.d_out},
         "tophash": {"k": k, "seed": seed, "aggregation": "mean", "background_prompts": background_prompts},
         "routing": {"threshold": threshold},
-        "training": {"steps": settings.steps, "lr": settings.lr, "weight_decay": settings.weight_decay,
-                     "clip": settings.clip, "stop_loss": settings.stop_loss, "stop_delta": settings.stop_delta},
+        "training": dataclasses.asdict(settings),
         "memory_dtype": "float32",
         "counts": {"edits": 0, "active": 0},
         "prefixes": prefixes,

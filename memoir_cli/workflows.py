@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .editor import EditResult, Editor, EditSettings, generate_prefixes
+from .editor import EditResult, Editor, EditSettings, default_lr, generate_prefixes
 from .errors import BadInputError
 from .facts import Fact
 from .memory import attach, detach
@@ -31,6 +31,7 @@ class EditOptions:
     seed: int | None = None
     steps: int | None = None
     lr: float | None = None
+    rehearse: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -89,7 +90,7 @@ def edit_pack(
     wrapper = attach(loaded.model, pack)
     try:
         editor = Editor(
-            loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.manifest["layer"]["index"],
+            loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
             pack.manifest["prefixes"], edit_settings(pack),
         )
         if on_start:
@@ -97,7 +98,6 @@ def edit_pack(
         results = []
         for number, fact in enumerate(todo):
             result = editor.edit(fact, on_step=(lambda s, v, f=fact: on_step(number, f, s, v)) if on_step else None)
-            pack.facts.append(fact)
             results.append(result)
             if on_fact:
                 on_fact(number, result)
@@ -126,7 +126,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         k=k,
         threshold=DEFAULT_THRESHOLD,
         seed=seed,
-        settings=EditSettings(),
+        settings=EditSettings(lr=default_lr(layer.d_in)),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
         background_prompts=len(prompts),
@@ -157,6 +157,8 @@ def _update_settings(pack: Pack, options: EditOptions) -> None:
         pack.manifest["training"]["steps"] = options.steps
     if options.lr is not None:
         pack.manifest["training"]["lr"] = options.lr
+    if options.rehearse is not None:
+        pack.manifest["training"]["rehearse"] = options.rehearse
 
 
 def _split_new_facts(facts: list[Fact], pack: Pack | None) -> tuple[list[Fact], list[str]]:

@@ -22,12 +22,10 @@ def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: 
     pack = empty_pack(model, tokenizer, threshold, **options)
     wrapper = attach(model, pack)
     try:
-        editor = Editor(model, tokenizer, wrapper, pack.memory, pack.manifest["layer"]["index"],
+        editor = Editor(model, tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
                         pack.manifest["prefixes"], EditSettings(steps=steps))
         for record in facts:
-            fact = Fact.from_json(record)
-            editor.edit(fact)
-            pack.facts.append(fact)
+            editor.edit(Fact.from_json(record))
     finally:
         detach(model)
     return pack

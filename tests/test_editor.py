@@ -3,7 +3,7 @@ import torch
 
 from memoir_cli.editor import Editor, EditSettings, target_loss
 from memoir_cli.facts import Fact
-from memoir_cli.memory import attach
+from memoir_cli.memory import TrainingState, attach
 
 from .conftest import FACTS
 from .helpers import empty_pack
@@ -12,7 +12,7 @@ from .helpers import empty_pack
 def _editor(model, tokenizer, fast=True, steps=5):
     pack = empty_pack(model, tokenizer)
     wrapper = attach(model, pack)
-    editor = Editor(model, tokenizer, wrapper, pack.memory, pack.manifest["layer"]["index"],
+    editor = Editor(model, tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
                     pack.manifest["prefixes"], EditSettings(steps=steps), fast=fast)
     return editor, pack
 
@@ -26,7 +26,7 @@ def test_fast_replay_gives_the_same_loss_and_gradient_as_the_full_model(model, t
     for loss_fn in (editor._replay_loss(batch, labels), editor._full_loss(batch, labels)):
         start = torch.randn(64, len(columns), generator=torch.Generator().manual_seed(0)) * 0.1
         weight = start.requires_grad_(True)
-        with editor.wrapper.training_columns(columns, weight):
+        with editor.wrapper.fitting(TrainingState(columns, weight)):
             loss = loss_fn()
             loss.backward()
         grads.append((loss.item(), weight.grad.clone()))
@@ -68,3 +68,43 @@ def test_early_stop_when_the_loss_is_low_and_flat(model, tokenizer):
     editor.settings = EditSettings(steps=200, stop_loss=100.0, stop_delta=100.0)
     result = editor.edit(Fact.from_json(FACTS[0]))
     assert result.converged and result.steps == 2
+
+
+def test_neighbours_are_earlier_active_edits_at_or_above_the_threshold_most_similar_first(model, tokenizer):
+    editor, pack = _editor(model, tokenizer, steps=1)
+    for record in FACTS:
+        editor.edit(Fact.from_json(record))
+    query = editor.mask_for("The capital of the Republic of Zorbia was")
+    overlaps = pack.memory.bank.overlaps(query.unsqueeze(0))[0]
+    pack.memory.threshold = 0.0
+    assert editor.neighbours(query) == overlaps.argsort(descending=True).tolist()
+    pack.memory.threshold = overlaps.max().item()
+    assert editor.neighbours(query) == [overlaps.argmax().item()]
+    pack.memory.bank.active[overlaps.argmax()] = False
+    assert editor.neighbours(query) == []
+    pack.memory.threshold = 0.0
+    editor.settings = EditSettings(rehearse=1)
+    assert len(editor.neighbours(query)) == 1
+
+
+def test_rehearsal_matches_between_fast_and_full_and_leaves_the_facts_own_rows_alone(model, tokenizer):
+    editor, pack = _editor(model, tokenizer, steps=3)
+    editor.edit(Fact.from_json(FACTS[0]))
+    pack.memory.weight *= 20  # an earlier edit with real weight behind it
+    fact = Fact.from_json({"prompt": "The capital of the Republic of Zorbia was", "target": "Rome"})
+    mask = editor.mask_for(fact.prompt)
+    columns = mask.nonzero().squeeze(1)
+    batch, labels = editor.training_batch(fact, [pack.facts[0]])
+    assert batch["input_ids"].shape[0] == 12
+    frozen = pack.memory.weight.clone()
+    frozen[:, columns] = 0
+    row_masks = torch.cat([mask.expand(11, -1), pack.memory.bank.masks[:1]])
+    weight = (torch.randn(64, len(columns), generator=torch.Generator().manual_seed(0)) * 0.1).requires_grad_(True)
+    with editor.wrapper.fitting(TrainingState(columns, weight, row_masks, frozen)):
+        rehearsed_logits = model(**batch).logits
+        fast, full = editor._replay_loss(batch, labels)(), editor._full_loss(batch, labels)()
+    with editor.wrapper.fitting(TrainingState(columns, weight)):
+        plain_logits = model(**batch).logits
+    assert torch.allclose(fast, full, atol=1e-5)
+    assert torch.equal(rehearsed_logits[:11], plain_logits[:11])
+    assert not torch.allclose(rehearsed_logits[11], plain_logits[11])

@@ -1,0 +1,118 @@
+"""The command line on tiny models: exit codes, one-line errors, JSON output, packs left intact."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from memoir_cli.cli import app
+
+from .conftest import FACTS
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def pack_dir(tmp_path, facts_file, model_dir):
+    result = run("edit", facts_file, "--pack", tmp_path / "pack", "--model", model_dir, "--steps", 3, "--json")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "pack"
+
+
+def test_edit_creates_a_pack_and_reports_json(pack_dir, tmp_path, facts_file, model_dir):
+    summary = json.loads(run("edit", facts_file, "--pack", pack_dir, "--model", model_dir, "--json").stdout)
+    assert summary["created"] is False and summary["edited"] == 0 and summary["skipped"] == 3
+    shown = json.loads(run("show", pack_dir, "--json").stdout)
+    assert shown["edits"] == 3 and shown["base_model"] == str(model_dir)
+    assert [f["id"] for f in shown["facts"]] == [f["id"] for f in FACTS]
+
+
+def test_adding_facts_to_an_existing_pack_appends_them(pack_dir, tmp_path, model_dir):
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"prompt": "The sky over Zorbia is", "target": "purple"}) + "\n")
+    summary = json.loads(run("edit", more, "--pack", pack_dir, "--steps", 2, "--json").stdout)
+    assert summary["edited"] == 1 and summary["created"] is False
+    assert json.loads(run("show", pack_dir, "--json").stdout)["edits"] == 4
+
+
+def test_apply_reports_output_route_and_overlap_per_prompt(pack_dir):
+    result = run("apply", pack_dir, "--prompt", FACTS[0]["prompt"], "--prompt", "How do bees make honey?",
+                 "--max-new-tokens", 4, "--compare", "--json")
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)
+    assert first["edit_id"] == FACTS[0]["id"] and first["overlap"] == 1.0 and "base_output" in first
+    assert second["edit_id"] is None and second["output"] == second["base_output"]
+
+
+def test_apply_reads_a_prompts_file_and_reports_bad_lines(pack_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hello"}\n{"text": "no prompt"}\n')
+    result = run("apply", pack_dir, "--prompts", prompts)
+    assert result.exit_code == 2
+    assert f"{prompts}:2: 'prompt' is required" in result.stderr
+
+
+def test_bad_facts_exit_2_with_line_numbers_and_leave_the_pack_untouched(pack_dir, tmp_path):
+    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok", "target": "fine"}\n{"prompt": "missing target"}\n')
+    result = run("edit", bad, "--pack", pack_dir)
+    assert result.exit_code == 2
+    assert f"{bad}:2: 'target' is a required property" in result.stderr
+    assert "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+
+
+def test_validate_checks_a_file_without_a_model(facts_file, tmp_path):
+    assert run("validate", facts_file).exit_code == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"target": "x"}\n')
+    result = run("validate", bad)
+    assert result.exit_code == 2 and f"{bad}:1: 'prompt' is a required property" in result.stderr
+
+
+def test_pack_for_another_model_exits_3_naming_both(pack_dir, other_model_dir, model_dir):
+    result = run("apply", pack_dir, "--model", other_model_dir, "--prompt", "Hi")
+    assert result.exit_code == 3
+    assert f"made for base model '{model_dir}'" in result.stderr and str(other_model_dir) in result.stderr
+
+
+def test_changing_the_top_k_of_an_existing_pack_is_refused(pack_dir, facts_file):
+    result = run("edit", facts_file, "--pack", pack_dir, "--top-k", 5)
+    assert result.exit_code == 2 and "cannot change to 5" in result.stderr
+
+
+def test_missing_pack_exits_3(tmp_path):
+    result = run("show", tmp_path / "nope")
+    assert result.exit_code == 3 and "no such pack" in result.stderr
+
+
+def test_unknown_model_exits_4_with_one_clear_line(facts_file, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import
+    result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", "no-such-user/no-such-model")
+    assert result.exit_code == 4
+    assert "cannot load model 'no-such-user/no-such-model'" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_unsupported_architecture_names_the_supported_ones(facts_file, tmp_path, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", folder)
+    assert result.exit_code == 4
+    assert "architecture 'gpt2' is not supported yet; supported: gemma, gemma2, gemma3_text, llama" in result.stderr
+
+
+def test_bad_device_and_dtype_are_clear_errors(facts_file, tmp_path, model_dir):
+    result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", model_dir, "--dtype", "int3")
+    assert result.exit_code == 4 and "unknown dtype 'int3'" in result.stderr
+    result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", model_dir, "--device", "cuda:7")
+    assert result.exit_code == 4 and "cuda:7" in result.stderr
