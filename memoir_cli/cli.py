@@ -190,9 +190,10 @@ def apply(
 
     [dim]Example: memoir apply my-pack --prompt "What university did Watts Humphrey attend?" --compare[/]
     """
+    from .facts import read_prompts_jsonl
     from .workflows import Session
 
-    texts = list(prompt or []) + (_read_prompts(prompts) if prompts else [])
+    texts = list(prompt or []) + (read_prompts_jsonl(prompts) if prompts else [])
     session = Session(packs, model, device, dtype)
     if not texts:
         _interactive(session, max_new_tokens, compare)
@@ -224,27 +225,6 @@ def _interactive(session, max_new_tokens: int, compare: bool) -> None:
         if compare:
             out.print(f"[dim]base: {answer.base_output.strip()}[/]", highlight=False)
         out.print(f"[dim]routed to {answer.edit_id or 'base model'} (overlap {answer.overlap:.2f})[/]")
-
-
-def _read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    texts, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{path}:{number}: not valid JSON ({error.msg})")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            problems.append(f"{path}:{number}: 'prompt' is required (a non-empty string)")
-            continue
-        texts.append(record["prompt"])
-    if problems:
-        raise BadInputError(f"{path}: {len(problems)} problem(s) in the prompts file", problems)
-    return texts
 
 
 @app.command()

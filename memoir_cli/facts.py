@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jsonschema
 
@@ -85,16 +85,8 @@ def read_facts_jsonl(path: str | Path, on_skip: Callable[[str], None] | None = N
     With `on_skip`, bad lines are passed to it and left out instead (the caller reports them).
     """
     path = Path(path)
-    text = _read_text(path)
     facts, problems, seen = [], [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})")
-            continue
+    for number, record in _jsonl_records(path, problems):
         messages = _schema_messages(record)
         if messages:
             problems.extend(f"{path}:{number}: {message}" for message in messages)
@@ -169,9 +161,33 @@ def read_facts(path: str | Path, fmt: str = "auto", on_skip: Callable[[str], Non
     raise BadInputError(f"unknown facts format {fmt!r} (expected jsonl, zsre or auto)")
 
 
+def read_prompts_jsonl(path: str | Path) -> list[str]:
+    """Prompts for `memoir apply --prompts`: one `{"prompt": ...}` object a line."""
+    path = Path(path)
+    prompts, problems = [], []
+    for number, record in _jsonl_records(path, problems):
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            problems.append(f"{path}:{number}: 'prompt' is required (a non-empty string)")
+            continue
+        prompts.append(record["prompt"])
+    _raise_or_skip(path, problems, None)
+    return prompts
+
+
+def _jsonl_records(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line; unparsable lines go to `problems`."""
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})")
+
+
 def _raise_or_skip(path: Path, problems: list[str], on_skip: Callable[[str], None] | None) -> None:
     if problems and on_skip is None:
-        raise BadInputError(f"{path}: {len(problems)} problem(s) in the facts file", problems)
+        raise BadInputError(f"{path}: {len(problems)} problem(s) in the file", problems)
     for problem in problems:
         on_skip(problem)
 

