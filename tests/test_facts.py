@@ -21,7 +21,7 @@ def test_schema_errors_name_file_line_and_field_for_every_bad_line(tmp_path):
         read_facts_jsonl(path)
     details = caught.value.details
     assert details == [
-        f"{path}:2: 'target' is a required property",
+        f"{path}:2: 'target' is required",
         f"{path}:4: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
         f"{path}:5: unknown field ('colour' was unexpected)",
         f"{path}:6: 'target' must not be blank",
@@ -77,3 +77,11 @@ def test_shipped_example_facts_are_valid():
 
     facts = read_facts_jsonl(Path(__file__).parent.parent / "examples" / "facts.jsonl")
     assert len(facts) == 5
+
+
+def test_nested_required_fields_name_their_path(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text('{"prompt": "A", "target": "B", "locality": [{"target": "x"}]}\n')
+    with pytest.raises(BadInputError) as caught:
+        read_facts_jsonl(path)
+    assert caught.value.details == [f"{path}:1: 'locality/0/prompt' is required"]
