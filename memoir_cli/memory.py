@@ -87,9 +87,9 @@ class MemoirLinear(nn.Module):
         self.memories = memories
         self.routes: Routes | None = None
         self._call: tuple[torch.Tensor | None, bool] | None = None
-        self._prompt_mask: torch.Tensor | None = None
         self._training: TrainingState | None = None
         self._weights: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._hook = None  # the model-level pre-hook that feeds `_call`; set by attach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -98,8 +98,7 @@ class MemoirLinear(nn.Module):
         attention_mask, fresh = self._call if self._call is not None else (None, True)
         self._call = None
         if fresh or self.routes is None:
-            span = self._prompt_mask if self._prompt_mask is not None else attention_mask
-            self.routes = self._decide(x, span)
+            self.routes = self._decide(x, attention_mask)
         elif self.routes.memory.shape[0] != x.shape[0]:
             raise MemoirError("batch size changed inside one generation; routing cannot follow it")
         return self._add_delta(x, out)
@@ -161,16 +160,6 @@ class MemoirLinear(nn.Module):
             yield
         finally:
             self.memories = memories
-
-    @contextmanager
-    def prompt_span(self, prompt_mask: torch.Tensor) -> Iterator[None]:
-        """Route from the positions in `prompt_mask` [batch, seq] only (e.g. teacher-forced scoring
-        of prompt + target, where the target must not influence which edit is chosen)."""
-        self._prompt_mask = prompt_mask
-        try:
-            yield
-        finally:
-            self._prompt_mask = None
 
 
 class HasMemory(Protocol):

