@@ -138,3 +138,9 @@ def test_changing_the_threshold_alone_is_saved(pack_dir, facts_file):
     assert json.loads(run("show", pack_dir, "--json").stdout)["threshold"] == 0.7
     result = run("edit", facts_file, "--pack", pack_dir, "--threshold", 1.5)
     assert result.exit_code == 2 and "--threshold 1.5 must be between 0 and 1" in result.stderr
+
+
+def test_a_float32_pack_applies_to_the_same_model_loaded_in_bfloat16(pack_dir):
+    result = run("apply", pack_dir, "--dtype", "bfloat16", "--prompt", FACTS[0]["prompt"], "--max-new-tokens", 3, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["edit_id"] == FACTS[0]["id"]

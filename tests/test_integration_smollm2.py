@@ -32,3 +32,11 @@ def test_at_least_9_of_10_unrelated_prompts_generate_exactly_what_the_base_model
     answers = session.answer([f.locality[0]["prompt"] for f in facts], max_new_tokens=16, compare=True)
     same = [a.output == a.base_output for a in answers]
     assert sum(same) >= 9, [(a.prompt, a.output, a.base_output, a.overlap) for a in answers]
+
+
+def test_batched_generation_gives_the_same_tokens_as_one_prompt_at_a_time(zsre_pack):
+    facts, session = zsre_pack
+    prompts = [text for f in facts[:4] for text in (f.prompt, f.locality[0]["prompt"])]
+    batched = [a.output for a in session.answer(prompts, max_new_tokens=12, batch_size=8)]
+    single = [session.answer([p], max_new_tokens=12)[0].output for p in prompts]
+    assert batched == single
