@@ -101,6 +101,7 @@ def edit(
     model: ModelOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, zsre or auto (by extension).")] = "auto",
     skip_invalid: Annotated[bool, typer.Option(help="Leave out bad records (each reported) instead of refusing the file.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Edit only the first N records.")] = None,
     layer: Annotated[Optional[int], typer.Option(help="Block whose MLP down-projection is edited (default ~0.85 of depth).")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Features per TopHash mask (default round(0.286 * d_ff)).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Routing threshold tau: minimum mask overlap to apply an edit.")] = None,
@@ -119,7 +120,8 @@ def edit(
     from .facts import read_facts
     from .workflows import EditOptions, edit_pack
 
-    records = read_facts(facts, fmt, on_skip=_warn_skipped if skip_invalid else None)
+    _check_limit(limit)
+    records = read_facts(facts, fmt, on_skip=_warn_skipped if skip_invalid else None, limit=limit)
     options = EditOptions(layer=layer, top_k=top_k, threshold=threshold, seed=seed, steps=steps, lr=lr, rehearse=rehearse,
                           device=device, dtype=dtype)
     with _edit_progress(enabled=not as_json) as hooks:
@@ -166,6 +168,11 @@ class _edit_progress:
 
     def __exit__(self, *exc) -> None:
         self.progress.stop()
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise BadInputError(f"--limit {limit} must be positive")
 
 
 def _warn_skipped(problem: str) -> None:
@@ -225,6 +232,75 @@ def _interactive(session, max_new_tokens: int, compare: bool) -> None:
         if compare:
             out.print(f"[dim]base: {answer.base_output.strip()}[/]", highlight=False)
         out.print(f"[dim]routed to {answer.edit_id or 'base model'} (overlap {answer.overlap:.2f})[/]")
+
+
+@app.command("eval")
+@_handles_errors
+def eval_(
+    packs: Annotated[list[Path], typer.Argument(help="One or more packs (stacked, as in apply).")],
+    model: ModelOpt = None,
+    data: Annotated[Optional[Path], typer.Option(help="Records to score: facts JSONL or ZsRE JSON. Default: the packs' own facts.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, zsre or auto (by extension).")] = "auto",
+    skip_invalid: Annotated[bool, typer.Option(help="Leave out bad records (each reported) instead of refusing the file.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N records.")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="Also require greedy generation to start with the target.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also score the unedited model on the same records.")] = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the full report, per record, to this JSON file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences scored together.")] = 16,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Score reliability, generalisation and locality (the MEMOIR paper's protocol) with routing statistics.
+
+    [dim]Example: memoir eval my-pack --data ../shared/data/zsre/zsre_dev.json --limit 100 --baseline[/]
+    """
+    from .facts import read_facts
+    from .workflows import Session
+
+    _check_limit(limit)
+    records = read_facts(data, fmt, on_skip=_warn_skipped if skip_invalid else None, limit=limit) if data else None
+    session = Session(packs, model, device, dtype)
+    facts = (records if records is not None else session.pack_facts())[:limit]
+    if not facts:
+        raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")
+    report = session.evaluate(facts, check_generation=generate, baseline=baseline, batch_size=batch_size)
+    if out_file:
+        out_file.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if as_json:
+        out.print_json(json.dumps(report.summary()))
+        return
+    _render_eval(report, [p.memory.threshold for p in session.packs])
+
+
+def _render_eval(report, thresholds: list[float]) -> None:
+    def fmt_score(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    scores = Table(title=f"memoir eval: {len(report.records)} record(s)")
+    columns = [("edited (teacher-forced)", report.scores)]
+    if report.baseline is not None:
+        columns.append(("unedited model", report.baseline))
+    if report.generate is not None:
+        columns.append(("edited (greedy generation)", report.generate))
+    scores.add_column("metric")
+    for title, _ in columns:
+        scores.add_column(title, justify="right")
+    for key, name in (("rel", "Reliability"), ("gen", "Generalisation"), ("loc", "Locality"), ("avg", "Average")):
+        scores.add_row(name, *(fmt_score(values[key]) for _, values in columns))
+    out.print(scores)
+    routing = report.routing
+    table = Table(title=f"routing (threshold {', '.join(str(t) for t in thresholds)})")
+    table.add_column("prompts -> intended route", no_wrap=True)
+    for column in ("share", "overlap min", "q1", "median", "q3", "max"):
+        table.add_column(column, justify="right")
+    rows = (("edit prompt -> own edit", "rel_to_own_edit", "rel"), ("rephrasing -> right edit", "gen_to_right_edit", "gen"),
+            ("locality -> no edit", "loc_to_no_edit", "loc"))
+    for label, share_key, overlap_key in rows:
+        spread = routing["overlap"][overlap_key]
+        cells = [f"{spread[k]:.2f}" for k in ("min", "q1", "median", "q3", "max")] if spread else ["-"] * 5
+        table.add_row(label, fmt_score(routing[share_key]), *cells)
+    out.print(table)
 
 
 @app.command()

@@ -30,7 +30,8 @@ from torch import nn
 from .facts import Fact
 from .memory import MemoirLinear, ResidualMemory, TrainingState
 from .models import decoder_layers, final_norm
-from .tophash import pad_left, prompt_features
+from .batching import pad_left, prompt_target_ids
+from .tophash import prompt_features
 
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 PREFIX_LENGTHS = (5, 10)
@@ -131,9 +132,7 @@ class Editor:
         pairs += [(other.prompt, other.target) for other in rehearsed]
         rows, label_rows = [], []
         for context, target in pairs:
-            context_ids = self.tokenizer(context)["input_ids"]
-            full_ids = self.tokenizer(f"{context} {target}")["input_ids"]
-            n_context = _common_prefix_length(context_ids, full_ids)
+            full_ids, n_context = prompt_target_ids(self.tokenizer, context, target)
             rows.append(full_ids)
             label_rows.append([-100] * n_context + full_ids[n_context:])
         batch = pad_left(rows, self.tokenizer.pad_token_id, self.device)
@@ -240,14 +239,6 @@ def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     per_token = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, reduction="none", ignore_index=-100)
     counts = (shifted_labels != -100).sum(dim=1).clamp_min(1)
     return (per_token.sum(dim=1) / counts).mean()
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    """How many leading tokens the context alone shares with context + target (merges are safe)."""
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:

@@ -6,6 +6,7 @@ one pass instead of one error per run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -80,14 +81,17 @@ def _schema_messages(record: Any) -> list[str]:
     return messages
 
 
-def read_facts_jsonl(path: str | Path, on_skip: Callable[[str], None] | None = None) -> list[Fact]:
+def read_facts_jsonl(
+    path: str | Path, on_skip: Callable[[str], None] | None = None, limit: int | None = None
+) -> list[Fact]:
     """Read and validate a facts JSONL file; raise BadInputError listing every bad line.
 
     With `on_skip`, bad lines are passed to it and left out instead (the caller reports them).
+    With `limit`, only the first `limit` records are read (and checked).
     """
     path = Path(path)
     facts, problems, seen = [], [], {}
-    for number, record in _jsonl_records(path, problems):
+    for number, record in itertools.islice(_jsonl_records(path, problems), limit):
         messages = _schema_messages(record)
         if messages:
             problems.extend(f"{path}:{number}: {message}" for message in messages)
@@ -104,7 +108,9 @@ def read_facts_jsonl(path: str | Path, on_skip: Callable[[str], None] | None = N
     return facts
 
 
-def read_zsre_json(path: str | Path, on_skip: Callable[[str], None] | None = None) -> list[Fact]:
+def read_zsre_json(
+    path: str | Path, on_skip: Callable[[str], None] | None = None, limit: int | None = None
+) -> list[Fact]:
     """Read ZsRE records as the paper and EasyEdit use them (src, alt, rephrase, loc, loc_ans).
 
     Targets keep their text but lose surrounding whitespace (a few published targets start with a
@@ -119,7 +125,7 @@ def read_zsre_json(path: str | Path, on_skip: Callable[[str], None] | None = Non
     if not isinstance(records, list):
         raise BadInputError(f"{path}: expected a JSON array of ZsRE records")
     facts, problems = [], []
-    for number, record in enumerate(records, start=1):
+    for number, record in enumerate(records[:limit], start=1):
         where = f"{path}: record {number}"
         if not isinstance(record, dict):
             problems.append(f"{where}: not an object")
@@ -151,14 +157,16 @@ def read_zsre_json(path: str | Path, on_skip: Callable[[str], None] | None = Non
     return facts
 
 
-def read_facts(path: str | Path, fmt: str = "auto", on_skip: Callable[[str], None] | None = None) -> list[Fact]:
-    """Read facts in `fmt` ('jsonl', 'zsre', or 'auto': by extension, .json means ZsRE)."""
+def read_facts(
+    path: str | Path, fmt: str = "auto", on_skip: Callable[[str], None] | None = None, limit: int | None = None
+) -> list[Fact]:
+    """Read the first `limit` (default all) facts in `fmt` ('jsonl', 'zsre', or 'auto': .json is ZsRE)."""
     if fmt == "auto":
         fmt = "zsre" if str(path).endswith(".json") else "jsonl"
     if fmt == "zsre":
-        return read_zsre_json(path, on_skip)
+        return read_zsre_json(path, on_skip, limit)
     if fmt == "jsonl":
-        return read_facts_jsonl(path, on_skip)
+        return read_facts_jsonl(path, on_skip, limit)
     raise BadInputError(f"unknown facts format {fmt!r} (expected jsonl, zsre or auto)")
 
 

@@ -88,6 +88,7 @@ class MemoirLinear(nn.Module):
         self.routes: Routes | None = None
         self._call: tuple[torch.Tensor | None, bool] | None = None
         self._training: TrainingState | None = None
+        self._prompt_mask: torch.Tensor | None = None
         self._weights: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         self._hook = None  # the model-level pre-hook that feeds `_call`; set by attach()
 
@@ -98,7 +99,8 @@ class MemoirLinear(nn.Module):
         attention_mask, fresh = self._call if self._call is not None else (None, True)
         self._call = None
         if fresh or self.routes is None:
-            self.routes = self._decide(x, attention_mask)
+            span = self._prompt_mask if self._prompt_mask is not None else attention_mask
+            self.routes = self._decide(x, span)
         elif self.routes.memory.shape[0] != x.shape[0]:
             raise MemoirError("batch size changed inside one generation; routing cannot follow it")
         return self._add_delta(x, out)
@@ -151,6 +153,16 @@ class MemoirLinear(nn.Module):
             yield
         finally:
             self._training = None
+
+    @contextmanager
+    def routing_from(self, prompt_mask: torch.Tensor) -> Iterator[None]:
+        """Route from the positions in `prompt_mask` [batch, seq] only: teacher-forced scoring
+        feeds prompt + target, and the target must not influence which edit is chosen."""
+        self._prompt_mask = prompt_mask
+        try:
+            yield
+        finally:
+            self._prompt_mask = None
 
     @contextmanager
     def bypassed(self) -> Iterator[None]:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batching import encode_left_padded
+
 
 def background_prompts() -> list[str]:
     """The built-in generic prompts whose mean feature de-centres every prompt feature."""
@@ -79,27 +81,6 @@ def prompt_features(
     finally:
         handle.remove()
     return torch.cat(captured)
-
-
-def encode_left_padded(tokenizer, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """Tokenise with left padding and position ids that start at 0 on each row's first real token."""
-    rows = [tokenizer(text)["input_ids"] for text in texts]
-    return pad_left(rows, tokenizer.pad_token_id, device)
-
-
-def pad_left(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "position_ids": position_ids.to(device),
-    }
 
 
 def pack_masks(masks: torch.Tensor) -> torch.Tensor:

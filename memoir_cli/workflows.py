@@ -12,11 +12,13 @@ from torch import nn
 
 from .editor import EditResult, Editor, EditSettings, default_lr, generate_prefixes
 from .errors import BadInputError
+from .evaluate import EvalReport, Scorer, evaluate
 from .facts import Fact
 from .memory import attach, detach
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
 from .pack import Pack, edit_settings, load_pack, new_pack, save_pack
-from .tophash import background_prompts, default_top_k, make_permutation, pad_left, prompt_features
+from .batching import pad_left
+from .tophash import background_prompts, default_top_k, make_permutation, prompt_features
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SEED = 0
@@ -253,3 +255,19 @@ class Session:
     def _base_outputs(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
         with self.wrapper.bypassed():
             return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
+
+    def evaluate(self, facts: list[Fact], check_generation: bool = False, baseline: bool = False,
+                 batch_size: int = 16) -> EvalReport:
+        """The paper's Rel / Gen / Loc for `facts`, with routing statistics (see evaluate.py)."""
+
+        def generate_fn(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
+            if edited:
+                return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
+            return self._base_outputs(prompts, max_new_tokens, batch_size)
+
+        scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.wrapper, batch_size)
+        return evaluate(scorer, facts, generate_fn, check_generation, baseline)
+
+    def pack_facts(self) -> list[Fact]:
+        """Every active fact of the attached packs, in order (what `memoir eval` scores by default)."""
+        return [f for pack in self.packs for f, active in zip(pack.facts, pack.memory.bank.active.tolist()) if active]

@@ -32,7 +32,7 @@ def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: 
 
 
 def logits(model, tokenizer, prompts: list[str]) -> torch.Tensor:
-    from memoir_cli.tophash import encode_left_padded
+    from memoir_cli.batching import encode_left_padded
 
     with torch.no_grad():
         return model(**encode_left_padded(tokenizer, prompts, torch.device("cpu"))).logits

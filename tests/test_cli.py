@@ -144,3 +144,39 @@ def test_a_float32_pack_applies_to_the_same_model_loaded_in_bfloat16(pack_dir):
     result = run("apply", pack_dir, "--dtype", "bfloat16", "--prompt", FACTS[0]["prompt"], "--max-new-tokens", 3, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["edit_id"] == FACTS[0]["id"]
+
+
+def test_eval_scores_the_packs_own_facts_with_routing_statistics(pack_dir, tmp_path):
+    out_file = tmp_path / "results.json"
+    result = run("eval", pack_dir, "--json", "--baseline", "--generate", "--out", out_file)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["records"] == 3
+    assert set(summary["scores"]) == {"rel", "gen", "loc", "avg"} and summary["scores"]["gen"] is None
+    assert summary["routing"]["rel_to_own_edit"] == 1.0 and summary["routing"]["overlap"]["rel"]["min"] == 1.0
+    assert set(summary["baseline"]) == set(summary["generate"]) == {"rel", "gen", "loc", "avg"}
+    detail = json.loads(out_file.read_text())
+    assert [r["id"] for r in detail["per_record"]] == [f["id"] for f in FACTS]
+    assert detail["per_record"][0]["rel_route"]["edit_id"] == FACTS[0]["id"]
+
+
+def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
+    zsre = tmp_path / "zsre.json"
+    zsre.write_text(json.dumps([
+        {"src": f["prompt"], "alt": f["target"], "rephrase": f["prompt"] + " now", "loc": "nq question: how do bees fly",
+         "loc_ans": "wings"} for f in FACTS
+    ]))
+    result = run("eval", pack_dir, "--data", zsre, "--format", "zsre", "--limit", 2, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["records"] == 2 and summary["scores"]["gen"] is not None and summary["scores"]["loc"] is not None
+    table = run("eval", pack_dir, "--data", zsre, "--limit", 2)
+    assert "Reliability" in table.stdout and "locality -> no edit" in table.stdout
+
+
+def test_eval_refuses_bad_data_and_a_bad_limit(pack_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    result = run("eval", pack_dir, "--data", bad)
+    assert result.exit_code == 2 and f"{bad}:1: 'target' is required" in result.stderr
+    assert run("eval", pack_dir, "--limit", 0).exit_code == 2

@@ -85,3 +85,14 @@ def test_nested_required_fields_name_their_path(tmp_path):
     with pytest.raises(BadInputError) as caught:
         read_facts_jsonl(path)
     assert caught.value.details == [f"{path}:1: 'locality/0/prompt' is required"]
+
+
+def test_limit_reads_and_checks_only_the_first_records(tmp_path):
+    zsre = tmp_path / "zsre.json"
+    zsre.write_text(json.dumps([{"src": "A?", "alt": "B"}, {"src": "C?", "alt": ""}]))
+    assert [f.target for f in read_facts(zsre, limit=1)] == ["B"]
+    jsonl = tmp_path / "facts.jsonl"
+    jsonl.write_text('{"prompt": "A", "target": "B"}\n\n{"prompt": "bad"}\n')
+    assert [f.target for f in read_facts(jsonl, limit=1)] == ["B"]
+    with pytest.raises(BadInputError):
+        read_facts(jsonl, limit=2)

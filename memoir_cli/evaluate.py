@@ -1,0 +1,233 @@
+"""Scoring packs as the paper does (ZsRE, EasyEdit's "token em"), with routing statistics.
+
+- Reliability: feed `prompt + " " + target`; the share of target positions where the
+  teacher-forced argmax is the target token.
+- Generalisation: the same with each rephrasing of the prompt.
+- Locality: feed `loc + " " + loc_answer` to the edited and to the unedited model; the share of
+  answer positions where their argmax predictions agree.
+
+Routing is decided from the prompt tokens only, as it is for a real query. `--generate` adds a
+stricter, user-facing check: greedy generation must start with the target (for locality: equal the
+base model's text).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .batching import pad_left, prompt_target_ids
+from .facts import Fact
+from .memory import MemoirLinear
+
+LOCALITY_FALLBACK_TOKENS = 8
+
+
+@dataclass
+class Probe:
+    """One teacher-forced item: `prompt + " " + target`, scored on the target's tokens."""
+
+    prompt: str
+    target: str
+
+
+@dataclass
+class Scored:
+    predicted: list[int]
+    expected: list[int]
+    route: dict | None = None
+
+
+def token_accuracy(predicted: Sequence[int], expected: Sequence[int]) -> float:
+    """Share of positions where the prediction is the expected token (EasyEdit's token em)."""
+    if not expected:
+        return 0.0
+    return sum(p == e for p, e in zip(predicted, expected)) / len(expected)
+
+
+def quartiles(values: Sequence[float]) -> dict | None:
+    """min, q1, median, q3, max (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    q1, median, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else ordered * 3
+    return {"min": ordered[0], "q1": q1, "median": median, "q3": q3, "max": ordered[-1]}
+
+
+class Scorer:
+    """Teacher-forced predictions of a model with packs attached (or bypassed: the base model)."""
+
+    def __init__(self, model: nn.Module, tokenizer, wrapper: MemoirLinear, batch_size: int = 16) -> None:
+        self.model, self.tokenizer, self.wrapper, self.batch_size = model, tokenizer, wrapper, batch_size
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def teacher_forced(self, probes: list[Probe], edited: bool = True) -> list[Scored]:
+        results: list[Scored] = []
+        for start in range(0, len(probes), self.batch_size):
+            chunk = probes[start : start + self.batch_size]
+            encoded = [prompt_target_ids(self.tokenizer, p.prompt, p.target) for p in chunk]
+            batch = pad_left([ids for ids, _ in encoded], self.tokenizer.pad_token_id, self.device)
+            width = batch["input_ids"].shape[1]
+            starts = [width - len(ids) for ids, _ in encoded]
+            answer_starts = [s + max(n, 1) for s, (_, n) in zip(starts, encoded)]
+            prompt_mask = batch["attention_mask"].clone()
+            for row, answer_start in enumerate(answer_starts):
+                prompt_mask[row, answer_start:] = 0
+            if edited:
+                with self.wrapper.routing_from(prompt_mask):
+                    logits = self.model(**batch, use_cache=False).logits
+                routes = self.wrapper.routes.describe(self.wrapper.memories)
+            else:
+                with self.wrapper.bypassed():
+                    logits = self.model(**batch, use_cache=False).logits
+                routes = [None] * len(chunk)
+            argmax = logits.argmax(dim=-1).cpu()
+            ids = batch["input_ids"].cpu()
+            for row, answer_start in enumerate(answer_starts):
+                predicted = argmax[row, answer_start - 1 : width - 1].tolist()
+                results.append(Scored(predicted, ids[row, answer_start:].tolist(), routes[row]))
+        return results
+
+
+@dataclass
+class EvalReport:
+    """Scores (means over records), routing statistics, and per-record details."""
+
+    scores: dict
+    routing: dict
+    records: list[dict] = field(default_factory=list)
+    baseline: dict | None = None
+    generate: dict | None = None
+
+    def summary(self) -> dict:
+        report = {"records": len(self.records), "scores": self.scores, "routing": self.routing}
+        if self.baseline is not None:
+            report["baseline"] = self.baseline
+        if self.generate is not None:
+            report["generate"] = self.generate
+        return report
+
+    def to_json(self) -> dict:
+        return dict(self.summary(), per_record=self.records)
+
+
+def evaluate(
+    scorer: Scorer,
+    facts: list[Fact],
+    generate_fn: Callable[[list[str], int, bool], list[str]],
+    check_generation: bool = False,
+    baseline: bool = False,
+) -> EvalReport:
+    """Score `facts` (their prompts, rephrasings and locality prompts) on the scorer's model.
+
+    `generate_fn(prompts, max_new_tokens, edited)` gives greedy continuations; it supplies the
+    answers of locality prompts that have none, and the generation check.
+    """
+    rel_probes = [Probe(f.prompt, f.target) for f in facts]
+    gen_owner, gen_probes = _flatten([[Probe(r, f.target) for r in f.rephrases] for f in facts])
+    loc_owner, loc_probes = _flatten([[Probe(item["prompt"], item.get("target") or "") for item in f.locality] for f in facts])
+    _fill_locality_targets(loc_probes, generate_fn)
+
+    rel = scorer.teacher_forced(rel_probes)
+    gen = scorer.teacher_forced(gen_probes)
+    loc_edited = scorer.teacher_forced(loc_probes)
+    loc_base = scorer.teacher_forced(loc_probes, edited=False)
+
+    records = []
+    for index, fact in enumerate(facts):
+        gens = [gen[i] for i, owner in enumerate(gen_owner) if owner == index]
+        locs = [(loc_edited[i], loc_base[i]) for i, owner in enumerate(loc_owner) if owner == index]
+        records.append({
+            "id": fact.id,
+            "rel": token_accuracy(rel[index].predicted, rel[index].expected),
+            "gen": _mean([token_accuracy(g.predicted, g.expected) for g in gens]),
+            "loc": _mean([token_accuracy(e.predicted, b.predicted) for e, b in locs]),
+            "rel_route": rel[index].route,
+            "gen_routes": [g.route for g in gens],
+            "loc_routes": [e.route for e, _ in locs],
+        })
+    report = EvalReport(scores=_scores(records), routing=_routing(facts, records), records=records)
+    if baseline:
+        rel_base = scorer.teacher_forced(rel_probes, edited=False)
+        gen_base = scorer.teacher_forced(gen_probes, edited=False)
+        base_records = [
+            {
+                "rel": token_accuracy(rel_base[i].predicted, rel_base[i].expected),
+                "gen": _mean([token_accuracy(g.predicted, g.expected) for j, g in enumerate(gen_base) if gen_owner[j] == i]),
+                "loc": 1.0 if facts[i].locality else None,
+            }
+            for i in range(len(facts))
+        ]
+        report.baseline = _scores(base_records)
+    if check_generation:
+        report.generate = _generation_check(facts, rel_probes, gen_probes, gen_owner, loc_probes, loc_owner,
+                                            generate_fn, scorer.tokenizer, records)
+    return report
+
+
+def _fill_locality_targets(probes: list[Probe], generate_fn) -> None:
+    """A locality prompt without an answer is scored on the base model's own greedy continuation."""
+    missing = [p for p in probes if not p.target.strip()]
+    if not missing:
+        return
+    texts = generate_fn([p.prompt for p in missing], LOCALITY_FALLBACK_TOKENS, False)
+    for probe, text in zip(missing, texts):
+        probe.target = text.strip() or "."
+
+
+def _generation_check(facts, rel_probes, gen_probes, gen_owner, loc_probes, loc_owner, generate_fn, tokenizer, records):
+    def budget(probes):
+        return max((len(tokenizer(p.target)["input_ids"]) for p in probes), default=1) + 2
+
+    rel_out = generate_fn([p.prompt for p in rel_probes], budget(rel_probes), True)
+    gen_out = generate_fn([p.prompt for p in gen_probes], budget(gen_probes), True) if gen_probes else []
+    loc_edited = generate_fn([p.prompt for p in loc_probes], 16, True) if loc_probes else []
+    loc_base = generate_fn([p.prompt for p in loc_probes], 16, False) if loc_probes else []
+    per_record = []
+    for index, fact in enumerate(facts):
+        hits = [o.strip().startswith(fact.target) for o, owner in zip(gen_out, gen_owner) if owner == index]
+        same = [e == b for e, b, owner in zip(loc_edited, loc_base, loc_owner) if owner == index]
+        record = {"rel": float(rel_out[index].strip().startswith(fact.target)), "gen": _mean(hits), "loc": _mean(same)}
+        records[index]["generate"] = dict(record, output=rel_out[index])
+        per_record.append(record)
+    return _scores(per_record)
+
+
+def _scores(records: list[dict]) -> dict:
+    scores = {key: _mean([r[key] for r in records if r[key] is not None]) for key in ("rel", "gen", "loc")}
+    present = [v for v in scores.values() if v is not None]
+    scores["avg"] = sum(present) / len(present) if present else None
+    return scores
+
+
+def _routing(facts: list[Fact], records: list[dict]) -> dict:
+    rel = [r["rel_route"] for r in records]
+    gen = [(route, fact.id) for fact, r in zip(facts, records) for route in r["gen_routes"]]
+    loc = [route for r in records for route in r["loc_routes"]]
+    return {
+        "rel_to_own_edit": _mean([route["edit_id"] == fact.id for route, fact in zip(rel, facts)]),
+        "gen_to_right_edit": _mean([route["edit_id"] == fid for route, fid in gen]),
+        "loc_to_no_edit": _mean([route["edit_id"] is None for route in loc]),
+        "overlap": {
+            "rel": quartiles([route["overlap"] for route in rel]),
+            "gen": quartiles([route["overlap"] for route, _ in gen]),
+            "loc": quartiles([route["overlap"] for route in loc]),
+        },
+    }
+
+
+def _flatten(groups: list[list[Probe]]) -> tuple[list[int], list[Probe]]:
+    owners, probes = [], []
+    for index, group in enumerate(groups):
+        owners.extend([index] * len(group))
+        probes.extend(group)
+    return owners, probes
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
