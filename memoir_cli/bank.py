@@ -34,6 +34,10 @@ class MaskBank:
         self._float_cache = None
         return len(self.ids) - 1
 
+    def deactivate(self, edit_id: str) -> None:
+        """Routing never selects this edit again (its columns stay in the memory)."""
+        self.active[self.ids.index(edit_id)] = False
+
     def overlaps(self, queries: torch.Tensor) -> torch.Tensor:
         """|m_q AND m_i| / k for every query row and bank row: [batch, n] in float32."""
         if self._float_cache is None or self._float_cache.device != queries.device:

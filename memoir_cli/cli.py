@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (facts file, arguments), 3 pack problem
 (missing, corrupt, tampered, made for another model), 4 model problem (cannot load, unsupported),
-130 interrupted.
+5 pack busy (--no-wait), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -109,11 +109,16 @@ def edit(
     lr: Annotated[Optional[float], typer.Option(help="SGD learning rate (default 1.0 for d_ff >= 8192, else 4.0).")] = None,
     rehearse: Annotated[Optional[int], typer.Option(help="Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")] = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
     """Edit FACTS into the pack at --pack (created if missing), one fact at a time.
+
+    A fact whose prompt already has an active edit with the same target is skipped (rerunning a
+    nightly job is a no-op); with a different target it replaces that edit.
 
     [dim]Example: memoir edit examples/facts.jsonl --pack my-pack[/]
     """
@@ -124,17 +129,23 @@ def edit(
     records = read_facts(facts, fmt, on_skip=_warn_skipped if skip_invalid else None, limit=limit)
     options = EditOptions(layer=layer, top_k=top_k, threshold=threshold, seed=seed, steps=steps, lr=lr, rehearse=rehearse,
                           device=device, dtype=dtype)
-    with _edit_progress(enabled=not as_json) as hooks:
-        summary = edit_pack(records, pack, model, options, **hooks)
+    with _edit_progress(enabled=not (as_json or dry_run)) as hooks:
+        summary = edit_pack(records, pack, model, options, dry_run=dry_run, wait=not no_wait,
+                            on_wait=lambda message: err.print(f"[yellow]{message}[/]", highlight=False), **hooks)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
     report = summary.to_json()
-    table = Table(title=f"memoir edit -> {pack}", show_header=False)
-    table.add_row("pack", f"{pack} ({'created' if summary.created else 'updated'})")
-    table.add_row("edited", str(report["edited"]))
+    title = f"memoir edit -> {pack}" + (" (dry run: nothing was trained or written)" if dry_run else "")
+    table = Table(title=title, show_header=False)
+    table.add_row("pack", f"{pack} ({'new' if summary.created else 'existing'})")
+    table.add_row("to add" if dry_run else "edited", str(report["planned"] if dry_run else report["edited"]))
+    table.add_row("replacing an active edit", str(report["replaced"]))
     table.add_row("skipped (already in pack)", str(report["skipped"]))
-    table.add_row("converged (stop rule met)", f"{report['converged']} of {report['edited']}")
+    if report["superseded_ids"]:
+        table.add_row("superseded by a later line", str(len(report["superseded_ids"])))
+    if not dry_run:
+        table.add_row("converged (stop rule met)", f"{report['converged']} of {report['edited']}")
     if report["seconds_per_edit"] is not None:
         table.add_row("seconds per fact", f"{report['seconds_per_edit']:.2f}")
     table.add_row("total seconds", f"{report['seconds']:.1f}")

@@ -29,3 +29,9 @@ class ModelError(MemoirError):
     """A model cannot be loaded, or its architecture is not supported."""
 
     exit_code = 4
+
+
+class PackBusyError(PackError):
+    """Another process is writing the pack and the caller chose not to wait."""
+
+    exit_code = 5

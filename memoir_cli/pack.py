@@ -23,7 +23,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import jsonschema
 import torch
@@ -34,7 +36,7 @@ from torch import nn
 from ._version import __version__
 from .bank import MaskBank
 from .editor import EditSettings
-from .errors import PackError
+from .errors import PackBusyError, PackError
 from .facts import Fact, load_schema
 from .memory import MemoirLinear, ResidualMemory
 from .models import fingerprints_match, layer_fingerprint
@@ -287,6 +289,31 @@ def model_card(pack: Pack) -> str:
         f"memoir apply PACK_DIR --model {base if '@' not in base else 'default'} --prompt \"...\"\n"
         "```\n"
     )
+
+
+@contextmanager
+def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Serialise writers of one pack with a lock file beside it (`.NAME.lock`).
+
+    A second writer waits (after telling `on_wait` why) or, with `wait=False`, fails at once.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise PackBusyError(f"{path}: another memoir process is writing this pack (rerun without --no-wait to wait)") from None
+        if on_wait:
+            on_wait(f"{path}: another memoir process is writing this pack; waiting for it to finish...")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:

@@ -16,7 +16,7 @@ from .evaluate import EvalReport, Scorer, evaluate
 from .facts import Fact
 from .memory import attach, detach
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
-from .pack import Pack, edit_settings, load_pack, new_pack, save_pack
+from .pack import Pack, edit_settings, load_pack, new_pack, pack_lock, save_pack
 from .batching import pad_left
 from .tophash import background_prompts, default_top_k, make_permutation, prompt_features
 
@@ -54,29 +54,46 @@ class EditOptions:
 
 
 @dataclass
+class EditPlan:
+    """What an edit run will do: facts to add (some replacing an active edit), facts to skip."""
+
+    add: list[Fact] = field(default_factory=list)
+    replaces: dict[str, str] = field(default_factory=dict)  # new fact id -> id of the active edit it replaces
+    skipped: list[str] = field(default_factory=list)  # already active with the same target
+    superseded: list[str] = field(default_factory=list)  # a later line of the same input gives the prompt a new target
+
+
+@dataclass
 class EditSummary:
     pack: str
     created: bool
+    plan: EditPlan
     results: list[EditResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dry_run: bool = False
 
     def to_json(self) -> dict:
         edited = len(self.results)
         return {
             "pack": self.pack,
+            "dry_run": self.dry_run,
             "created": self.created,
             "edited": edited,
-            "skipped": len(self.skipped),
+            "planned": len(self.plan.add),
+            "replaced": len(self.plan.replaces),
+            "skipped": len(self.plan.skipped),
             "converged": sum(r.converged for r in self.results),
             "seconds": round(self.seconds, 3),
             "seconds_per_edit": round(sum(r.seconds for r in self.results) / edited, 3) if edited else None,
             "edits": [
                 {"id": r.edit_id, "loss": round(r.loss, 5), "steps": r.steps, "converged": r.converged,
-                 "seconds": round(r.seconds, 3)}
+                 "rehearsed": r.rehearsed, "seconds": round(r.seconds, 3), "replaces": self.plan.replaces.get(r.edit_id)}
                 for r in self.results
             ],
-            "skipped_ids": self.skipped,
+            "added_ids": [f.id for f in self.plan.add],
+            "replaces": self.plan.replaces,
+            "skipped_ids": self.plan.skipped,
+            "superseded_ids": self.plan.superseded,
         }
 
 
@@ -93,14 +110,29 @@ def edit_pack(
     on_start: Callable[[int], None] | None = None,
     on_step: Callable[[int, Fact, int, float], None] | None = None,
     on_fact: Callable[[int, EditResult], None] | None = None,
+    dry_run: bool = False,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
 ) -> EditSummary:
-    """Create the pack at `pack_path` (or add to it) with `facts`, and save it atomically."""
+    """Create the pack at `pack_path` (or add to it) with `facts`, and save it atomically.
+
+    Refresh semantics: a fact whose prompt has an active edit with the same target is skipped; with
+    a different target it replaces that edit (the old one is deactivated first). `dry_run` plans
+    without loading a model. One writer at a time: see `pack_lock`.
+    """
     start = time.perf_counter()
     pack_path = Path(pack_path)
-    existing = load_pack(pack_path) if pack_path.exists() else None
-    if existing is not None:
-        _check_fixed_settings(existing, options)
-    todo, skipped = _split_new_facts(facts, existing)
+    with pack_lock(pack_path, wait=wait, on_wait=on_wait):
+        existing = load_pack(pack_path) if pack_path.exists() else None
+        if existing is not None:
+            _check_fixed_settings(existing, options)
+        plan = plan_edits(facts, existing)
+        if dry_run:
+            return EditSummary(str(pack_path), existing is None, plan, dry_run=True)
+        return _run_edits(plan, existing, pack_path, model_spec, options, on_start, on_step, on_fact, start)
+
+
+def _run_edits(plan, existing, pack_path, model_spec, options, on_start, on_step, on_fact, start) -> EditSummary:
     loaded = load_model(model_spec or (model_spec_for(existing) if existing else None), options.device, options.dtype)
     pack = existing or create_pack(loaded, options)
     settings_changed = _update_settings(pack, options)
@@ -111,9 +143,11 @@ def edit_pack(
             pack.manifest["prefixes"], edit_settings(pack),
         )
         if on_start:
-            on_start(len(todo))
+            on_start(len(plan.add))
         results = []
-        for number, fact in enumerate(todo):
+        for number, fact in enumerate(plan.add):
+            if fact.id in plan.replaces:
+                pack.memory.bank.deactivate(plan.replaces[fact.id])
             result = editor.edit(fact, on_step=(lambda s, v, f=fact: on_step(number, f, s, v)) if on_step else None)
             results.append(result)
             if on_fact:
@@ -122,7 +156,7 @@ def edit_pack(
         detach(loaded.model)
     if results or existing is None or settings_changed:
         save_pack(pack, pack_path)
-    return EditSummary(str(pack_path), existing is None, results, skipped, time.perf_counter() - start)
+    return EditSummary(str(pack_path), existing is None, plan, results, time.perf_counter() - start)
 
 
 def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
@@ -175,19 +209,34 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     return json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True) != before
 
 
-def _split_new_facts(facts: list[Fact], pack: Pack | None) -> tuple[list[Fact], list[str]]:
-    """Facts already in the pack (same id, same content) are skipped; a changed one is refused."""
+def plan_edits(facts: list[Fact], pack: Pack | None) -> EditPlan:
+    """Decide, without a model, what each fact does to the pack (see edit_pack's refresh semantics)."""
     known = {f.id: f for f in pack.facts} if pack else {}
-    todo, skipped = [], []
+    active = pack.memory.bank.active.tolist() if pack else []
+    by_prompt = {f.prompt: f for f, on in zip(pack.facts, active) if on} if pack else {}
+    plan, planned_by_prompt = EditPlan(), {}
     for fact in facts:
         old = known.get(fact.id)
-        if old is None:
-            todo.append(fact)
-        elif (old.prompt, old.target) == (fact.prompt, fact.target):
-            skipped.append(fact.id)
-        else:
-            raise BadInputError(f"fact id {fact.id!r} is already in the pack with a different prompt or target")
-    return todo, skipped
+        if old is not None:
+            if (old.prompt, old.target) != (fact.prompt, fact.target):
+                raise BadInputError(f"fact id {fact.id!r} is already in the pack with a different prompt or target")
+            # Already in the pack: active, or replaced or reverted since (a rerun must not undo that).
+            plan.skipped.append(fact.id)
+            continue
+        earlier = planned_by_prompt.get(fact.prompt)
+        if earlier is not None:  # the same prompt twice in one input: the later line wins
+            plan.add.remove(earlier)
+            plan.replaces.pop(earlier.id, None)
+            plan.superseded.append(earlier.id)
+        current = by_prompt.get(fact.prompt)
+        if current is not None and current.target == fact.target:
+            plan.skipped.append(fact.id)
+            continue
+        plan.add.append(fact)
+        planned_by_prompt[fact.prompt] = fact
+        if current is not None:
+            plan.replaces[fact.id] = current.id
+    return plan
 
 
 @torch.no_grad()

@@ -1,0 +1,98 @@
+"""Refresh semantics of `memoir edit` on an existing pack, dry runs, and one writer at a time."""
+import json
+import threading
+
+import pytest
+from filelock import FileLock
+from typer.testing import CliRunner
+
+import memoir_cli.workflows as workflows
+from memoir_cli import load_pack
+from memoir_cli.cli import app
+from memoir_cli.facts import Fact, read_facts
+from memoir_cli.workflows import plan_edits
+
+from .conftest import FACTS
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write_facts(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def pack_dir(tmp_path, facts_file, model_dir):
+    result = run("edit", facts_file, "--pack", tmp_path / "pack", "--model", model_dir, "--steps", 2, "--json")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "pack"
+
+
+def test_a_new_target_for_an_active_prompt_replaces_the_old_edit(pack_dir, tmp_path):
+    new = {"prompt": FACTS[0]["prompt"], "target": "Lisbon"}
+    result = run("edit", write_facts(tmp_path / "new.jsonl", [new]), "--pack", pack_dir, "--steps", 2, "--json")
+    summary = json.loads(result.stdout)
+    assert summary["edited"] == 1 and summary["replaced"] == 1
+    pack = load_pack(pack_dir)
+    new_id = pack.facts[-1].id
+    assert summary["replaces"] == {new_id: FACTS[0]["id"]}
+    active = dict(zip(pack.memory.bank.ids, pack.memory.bank.active.tolist()))
+    assert active[FACTS[0]["id"]] is False and active[new_id] is True
+    answer = json.loads(run("apply", pack_dir, "--prompt", FACTS[0]["prompt"], "--max-new-tokens", 2, "--json").stdout)
+    assert answer[0]["edit_id"] == new_id
+
+
+def test_rerunning_the_same_facts_and_same_targets_is_a_no_op(pack_dir, facts_file):
+    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    renamed = [dict(f, id=f"other-{i}") for i, f in enumerate(FACTS)]  # same prompts and targets, new ids
+    facts = write_facts(facts_file.parent / "renamed.jsonl", renamed)
+    for path in (facts_file, facts):
+        summary = json.loads(run("edit", path, "--pack", pack_dir, "--json").stdout)
+        assert summary["edited"] == 0 and summary["skipped"] == 3
+    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+
+
+def test_the_later_of_two_lines_with_one_prompt_wins():
+    first = Fact.from_json({"prompt": "P", "target": "A"})
+    second = Fact.from_json({"prompt": "P", "target": "B"})
+    plan = plan_edits([first, second], None)
+    assert plan.add == [second] and plan.superseded == [first.id]
+
+
+def test_dry_run_plans_without_loading_a_model_or_writing(pack_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(workflows, "load_model", lambda *a, **k: pytest.fail("a dry run loaded a model"))
+    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    facts = write_facts(tmp_path / "f.jsonl", [{"prompt": FACTS[0]["prompt"], "target": "Lisbon"},
+                                               {"prompt": "Brand new?", "target": "yes"}, FACTS[1]])
+    summary = json.loads(run("edit", facts, "--pack", pack_dir, "--dry-run", "--json").stdout)
+    assert summary["dry_run"] and summary["planned"] == 2 and summary["replaced"] == 1 and summary["skipped"] == 1
+    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+
+
+def test_a_second_writer_fails_at_once_with_no_wait(pack_dir, facts_file):
+    with FileLock(str(pack_dir.parent / f".{pack_dir.name}.lock")):
+        result = run("edit", facts_file, "--pack", pack_dir, "--no-wait")
+    assert result.exit_code == 5 and "another memoir process is writing" in result.stderr
+
+
+def test_a_second_writer_waits_for_the_first_and_says_so(pack_dir, facts_file):
+    lock = FileLock(str(pack_dir.parent / f".{pack_dir.name}.lock"))
+    lock.acquire()
+    messages = []
+    done = threading.Event()
+
+    def second_writer():
+        workflows.edit_pack(read_facts(facts_file), pack_dir, on_wait=messages.append)
+        done.set()
+
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    assert not done.wait(1.0)  # blocked on the lock
+    lock.release()
+    thread.join(60)
+    assert done.is_set() and "waiting for it to finish" in messages[0]
