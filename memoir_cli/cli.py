@@ -245,6 +245,29 @@ def _interactive(session, max_new_tokens: int, compare: bool) -> None:
         out.print(f"[dim]routed to {answer.edit_id or 'base model'} (overlap {answer.overlap:.2f})[/]")
 
 
+@app.command()
+@_handles_errors
+def revert(
+    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    edit_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of the edits to deactivate.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Deactivate the active edit of this exact prompt (repeatable).")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deactivate single edits: routing never selects them again; every other edit is untouched.
+
+    [dim]Example: memoir revert my-pack watts-humphrey-university[/]
+    """
+    from .workflows import revert_edits
+
+    reverted = revert_edits(pack, edit_ids or [], prompt or [], wait=not no_wait,
+                            on_wait=lambda message: err.print(f"[yellow]{message}[/]", highlight=False))
+    if as_json:
+        out.print_json(json.dumps({"pack": str(pack), "reverted": reverted}))
+    else:
+        out.print(f"[green]reverted[/] {len(reverted)} edit(s) in {pack}: {', '.join(reverted)}", highlight=False)
+
+
 @app.command("eval")
 @_handles_errors
 def eval_(

@@ -97,6 +97,34 @@ class EditSummary:
         }
 
 
+def revert_edits(pack_path: str | Path, edit_ids: list[str] = (), prompts: list[str] = (), wait: bool = True,
+                 on_wait: Callable[[str], None] | None = None) -> list[str]:
+    """Deactivate edits (by id, or the active edit of an exact prompt) so routing never selects them
+    again; returns the ids deactivated. No model is needed: the memory's weights do not change."""
+    if not edit_ids and not prompts:
+        raise BadInputError("name at least one edit id or --prompt")
+    with pack_lock(pack_path, wait=wait, on_wait=on_wait):
+        pack = load_pack(pack_path)
+        bank = pack.memory.bank
+        active = dict(zip(bank.ids, bank.active.tolist()))
+        by_prompt = {f.prompt: f.id for f in pack.facts if active[f.id]}
+        targets = []
+        for edit_id in edit_ids:
+            if edit_id not in active:
+                raise BadInputError(f"{pack_path}: no edit with id {edit_id!r}")
+            if not active[edit_id]:
+                raise BadInputError(f"{pack_path}: edit {edit_id!r} is already inactive")
+            targets.append(edit_id)
+        for prompt in prompts:
+            if prompt not in by_prompt:
+                raise BadInputError(f"{pack_path}: no active edit has the prompt {prompt!r}")
+            targets.append(by_prompt[prompt])
+        for edit_id in dict.fromkeys(targets):
+            bank.deactivate(edit_id)
+        save_pack(pack, pack_path)
+    return list(dict.fromkeys(targets))
+
+
 def model_spec_for(pack: Pack) -> str:
     """The --model to use for a pack when the user names none: the model it was made for."""
     return DEFAULT_MODEL if pack.base_model_id == DEFAULT_MODEL_ID else pack.base_model_id

@@ -96,3 +96,25 @@ def test_a_second_writer_waits_for_the_first_and_says_so(pack_dir, facts_file):
     lock.release()
     thread.join(60)
     assert done.is_set() and "waiting for it to finish" in messages[0]
+
+
+def test_revert_deactivates_edits_by_id_or_prompt_and_routing_skips_them(pack_dir):
+    result = run("revert", pack_dir, FACTS[0]["id"], "--prompt", FACTS[1]["prompt"], "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["reverted"] == [FACTS[0]["id"], FACTS[1]["id"]]
+    shown = json.loads(run("show", pack_dir, "--json").stdout)
+    assert shown["active"] == 1 and [f["active"] for f in shown["facts"]] == [False, False, True]
+    answers = json.loads(run("apply", pack_dir, "--prompt", FACTS[0]["prompt"], "--prompt", FACTS[2]["prompt"],
+                             "--max-new-tokens", 2, "--json").stdout)
+    assert answers[0]["edit_id"] is None and answers[1]["edit_id"] == FACTS[2]["id"]
+
+
+def test_revert_refuses_unknown_or_inactive_edits_and_leaves_the_pack_alone(pack_dir):
+    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    for args in (["no-such-id"], ["--prompt", "never edited"], []):
+        result = run("revert", pack_dir, *args)
+        assert result.exit_code == 2, result.output
+    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+    assert run("revert", pack_dir, FACTS[0]["id"]).exit_code == 0
+    result = run("revert", pack_dir, FACTS[0]["id"])
+    assert result.exit_code == 2 and "already inactive" in result.stderr
