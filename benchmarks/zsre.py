@@ -65,7 +65,8 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
 def _resume_options(method: str) -> EditOptions:
     """An existing pack keeps its own layer, k and seed; only routing/training settings may be passed."""
     options = method_options(method)
-    return EditOptions(threshold=options.threshold, rehearse=options.rehearse, steps=options.steps, lr=options.lr)
+    return EditOptions(threshold=options.threshold, rehearse=options.rehearse, steps=options.steps, lr=options.lr,
+                       rehearse_overlap=options.rehearse_overlap)
 
 
 def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
@@ -103,8 +104,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per fact (default: the editor's default)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
+    parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
     args = parser.parse_args()
-    SETTINGS.update({k: getattr(args, k) for k in ("steps", "lr", "rehearse") if getattr(args, k) is not None})
+    keys = ("steps", "lr", "rehearse", "rehearse_overlap")
+    SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 
     skipped = []
     facts = read_zsre_json(ZSRE, on_skip=skipped.append, limit=max(args.t) + 10)[: max(args.t)]

@@ -108,6 +108,7 @@ def edit(
     steps: Annotated[Optional[int], typer.Option(help="Maximum optimisation steps per fact.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="SGD learning rate (default 1.0 for d_ff >= 8192, else 4.0).")] = None,
     rehearse: Annotated[Optional[int], typer.Option(help="Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")] = None,
+    rehearse_overlap: Annotated[Optional[float], typer.Option(help="Minimum mask overlap of a rehearsed edit (default: the threshold).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")] = False,
@@ -128,6 +129,7 @@ def edit(
     _check_limit(limit)
     records = read_facts(facts, fmt, on_skip=_warn_skipped if skip_invalid else None, limit=limit)
     options = EditOptions(layer=layer, top_k=top_k, threshold=threshold, seed=seed, steps=steps, lr=lr, rehearse=rehearse,
+                          rehearse_overlap=rehearse_overlap,
                           device=device, dtype=dtype)
     with _edit_progress(enabled=not (as_json or dry_run)) as hooks:
         summary = edit_pack(records, pack, model, options, dry_run=dry_run, wait=not no_wait,

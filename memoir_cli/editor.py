@@ -58,6 +58,7 @@ class EditSettings:
     stop_loss: float = 0.02
     stop_delta: float = 1e-4
     rehearse: int = 8
+    rehearse_overlap: float | None = None  # minimum mask overlap of a rehearsed edit; None: the routing threshold
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Editor:
             return []
         overlap = bank.overlaps(mask.unsqueeze(0))[0].cpu()
         overlap[~bank.active] = -1.0
-        candidates = (overlap >= self.memory.threshold).nonzero().squeeze(1)
+        floor = self.memory.threshold if self.settings.rehearse_overlap is None else self.settings.rehearse_overlap
+        candidates = (overlap >= floor).nonzero().squeeze(1)
         ranked = candidates[overlap[candidates].argsort(descending=True, stable=True)]
         return ranked[: self.settings.rehearse].tolist()
 

@@ -35,6 +35,7 @@ class EditOptions:
     steps: int | None = None
     lr: float | None = None
     rehearse: int | None = None
+    rehearse_overlap: float | None = None
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -47,6 +48,7 @@ class EditOptions:
             ("--steps", self.steps, lambda v: v > 0, "must be positive"),
             ("--lr", self.lr, lambda v: v > 0, "must be positive"),
             ("--rehearse", self.rehearse, lambda v: v >= 0, "must be 0 or more"),
+            ("--rehearse-overlap", self.rehearse_overlap, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
         ]
         for flag, value, valid, rule in checks:
             if value is not None and not valid(value):
@@ -231,7 +233,7 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     before = json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True)
     if options.threshold is not None:
         pack.manifest["routing"]["threshold"] = pack.memory.threshold = options.threshold
-    for key in ("steps", "lr", "rehearse"):
+    for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
             pack.manifest["training"][key] = getattr(options, key)
     return json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True) != before
