@@ -51,8 +51,8 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
         while len(seconds) < size:
             batch = facts[len(seconds) : min(size, len(seconds) + chunk)]
             summary = edit_pack(batch, pack, None, method_options(method) if not pack.exists() else _resume_options(method))
-            if summary.skipped:  # a previous run committed these facts but not their timings
-                seconds.extend([float("nan")] * len(summary.skipped))
+            if summary.plan.skipped:  # a previous run committed these facts but not their timings
+                seconds.extend([float("nan")] * len(summary.plan.skipped))
             seconds.extend(r.seconds for r in summary.results)
             progress_file.write_text(json.dumps(seconds))
             print(f"[{method}] {len(seconds)}/{max(sizes)} edits, last chunk {summary.seconds:.0f} s", flush=True)
