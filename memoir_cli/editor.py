@@ -4,12 +4,12 @@ For each fact: compute its TopHash mask from the bare prompt, build the augmente
 (the prompt plus 10 copies behind self-generated prefixes), and fit only the k memory columns the
 mask selects with SGD on the target tokens' cross-entropy.
 
-Rehearsal (our addition; `rehearse=0` is the reference procedure): similar prompts get masks that
-share most of their columns, so fitting a fact would overwrite an earlier edit of a near-identical
-question. The batch therefore also carries the bare prompt and target of up to `rehearse` earlier
-active edits whose masks overlap this fact's by at least the routing threshold, each under its own
-stored mask. Only this fact's columns are trained; the rehearsed rows just make the optimiser fit
-the new fact without undoing its neighbours.
+Rehearsal (our addition; `rehearse=0` is the reference procedure): masks share columns (similar
+prompts most of them, any two about k/d_ff of them), so fitting a fact overwrites part of earlier
+edits. The batch therefore also carries the bare prompt and target of the `rehearse` earlier active
+edits whose masks overlap this fact's most (at least `rehearse_overlap`), each under its own stored
+mask. Only this fact's columns are trained; the rehearsed rows make the optimiser fit the new fact
+without undoing the edits it shares columns with.
 
 Why it is fast: nothing below the edit layer depends on the memory, so one no-grad pass records
 the hidden state entering the edit layer's block and the arguments each upper block receives;
@@ -58,7 +58,7 @@ class EditSettings:
     stop_loss: float = 0.02
     stop_delta: float = 1e-4
     rehearse: int = 8
-    rehearse_overlap: float | None = None  # minimum mask overlap of a rehearsed edit; None: the routing threshold
+    rehearse_overlap: float | None = 0.0  # minimum mask overlap of a rehearsed edit; None: the routing threshold
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Editor:
         return self.memory.query_masks(features)[0]
 
     def neighbours(self, mask: torch.Tensor) -> list[int]:
-        """Bank rows of the earlier active edits this fact's columns could overwrite, most similar first."""
+        """Bank rows of the earlier active edits this fact's columns overlap most, most similar first."""
         bank = self.memory.bank
         if self.settings.rehearse <= 0 or len(bank) == 0:
             return []

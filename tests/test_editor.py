@@ -73,21 +73,23 @@ def test_early_stop_when_the_loss_is_low_and_flat(model, tokenizer):
     assert result.converged and result.steps == 2
 
 
-def test_neighbours_are_earlier_active_edits_at_or_above_the_threshold_most_similar_first(model, tokenizer):
+def test_neighbours_are_the_most_overlapping_earlier_active_edits_above_the_floor(model, tokenizer):
     editor, pack = _editor(model, tokenizer, steps=1)
     for record in FACTS:
         editor.edit(Fact.from_json(record))
     query = editor.mask_for("The capital of the Republic of Zorbia was")
     overlaps = pack.memory.bank.overlaps(query.unsqueeze(0))[0]
-    pack.memory.threshold = 0.0
-    assert editor.neighbours(query) == overlaps.argsort(descending=True).tolist()
+    ranked = overlaps.argsort(descending=True).tolist()
+    assert editor.neighbours(query) == ranked  # the default floor 0.0: every earlier edit, most similar first
+    editor.settings = EditSettings(rehearse_overlap=None)  # floor: the routing threshold
     pack.memory.threshold = overlaps.max().item()
-    assert editor.neighbours(query) == [overlaps.argmax().item()]
-    pack.memory.bank.active[overlaps.argmax()] = False
+    assert editor.neighbours(query) == [ranked[0]]
+    pack.memory.bank.active[ranked[0]] = False
     assert editor.neighbours(query) == []
-    pack.memory.threshold = 0.0
     editor.settings = EditSettings(rehearse=1)
-    assert len(editor.neighbours(query)) == 1
+    assert editor.neighbours(query) == [ranked[1]]
+    editor.settings = EditSettings(rehearse=0)
+    assert editor.neighbours(query) == []
 
 
 def test_rehearsal_matches_between_fast_and_full_and_leaves_the_facts_own_rows_alone(model, tokenizer):
