@@ -115,6 +115,32 @@ class EvalReport:
         return dict(self.summary(), per_record=self.records)
 
 
+@dataclass
+class ProbeSet:
+    """The probes of a list of facts: one reliability probe each, and the rephrasing and locality
+    probes of all of them in one list each, with the index of the fact each belongs to."""
+
+    rel: list[Probe]
+    gen: list[Probe]
+    gen_owner: list[int]
+    loc: list[Probe]
+    loc_owner: list[int]
+
+    @classmethod
+    def of(cls, facts: list[Fact]) -> "ProbeSet":
+        gen_owner, gen = _flatten([[Probe(r, f.target) for r in f.rephrases] for f in facts])
+        loc_owner, loc = _flatten([[Probe(item["prompt"], item.get("target") or "") for item in f.locality] for f in facts])
+        return cls([Probe(f.prompt, f.target) for f in facts], gen, gen_owner, loc, loc_owner)
+
+    def gen_of(self, index: int, values: list) -> list:
+        """The entries of `values` (one per rephrasing probe) that belong to fact `index`."""
+        return [value for value, owner in zip(values, self.gen_owner) if owner == index]
+
+    def loc_of(self, index: int, values: list) -> list:
+        """The entries of `values` (one per locality probe) that belong to fact `index`."""
+        return [value for value, owner in zip(values, self.loc_owner) if owner == index]
+
+
 def evaluate(
     scorer: Scorer,
     facts: list[Fact],
@@ -127,20 +153,16 @@ def evaluate(
     `generate_fn(prompts, max_new_tokens, edited)` gives greedy continuations; it supplies the
     answers of locality prompts that have none, and the generation check.
     """
-    rel_probes = [Probe(f.prompt, f.target) for f in facts]
-    gen_owner, gen_probes = _flatten([[Probe(r, f.target) for r in f.rephrases] for f in facts])
-    loc_owner, loc_probes = _flatten([[Probe(item["prompt"], item.get("target") or "") for item in f.locality] for f in facts])
-    _fill_locality_targets(loc_probes, generate_fn)
+    probes = ProbeSet.of(facts)
+    _fill_locality_targets(probes.loc, generate_fn)
 
-    rel = scorer.teacher_forced(rel_probes)
-    gen = scorer.teacher_forced(gen_probes)
-    loc_edited = scorer.teacher_forced(loc_probes)
-    loc_base = scorer.teacher_forced(loc_probes, edited=False)
+    rel = scorer.teacher_forced(probes.rel)
+    gen = scorer.teacher_forced(probes.gen)
+    loc_pairs = list(zip(scorer.teacher_forced(probes.loc), scorer.teacher_forced(probes.loc, edited=False)))
 
     records = []
     for index, fact in enumerate(facts):
-        gens = [gen[i] for i, owner in enumerate(gen_owner) if owner == index]
-        locs = [(loc_edited[i], loc_base[i]) for i, owner in enumerate(loc_owner) if owner == index]
+        gens, locs = probes.gen_of(index, gen), probes.loc_of(index, loc_pairs)
         records.append({
             "id": fact.id,
             "rel": token_accuracy(rel[index].predicted, rel[index].expected),
@@ -152,20 +174,18 @@ def evaluate(
         })
     report = EvalReport(scores=_scores(records), routing=_routing(facts, records), records=records)
     if baseline:
-        rel_base = scorer.teacher_forced(rel_probes, edited=False)
-        gen_base = scorer.teacher_forced(gen_probes, edited=False)
-        base_records = [
+        rel_base = scorer.teacher_forced(probes.rel, edited=False)
+        gen_base = scorer.teacher_forced(probes.gen, edited=False)
+        report.baseline = _scores([
             {
                 "rel": token_accuracy(rel_base[i].predicted, rel_base[i].expected),
-                "gen": _mean([token_accuracy(g.predicted, g.expected) for j, g in enumerate(gen_base) if gen_owner[j] == i]),
-                "loc": 1.0 if facts[i].locality else None,
+                "gen": _mean([token_accuracy(g.predicted, g.expected) for g in probes.gen_of(i, gen_base)]),
+                "loc": 1.0 if fact.locality else None,
             }
-            for i in range(len(facts))
-        ]
-        report.baseline = _scores(base_records)
+            for i, fact in enumerate(facts)
+        ])
     if check_generation:
-        report.generate = _generation_check(facts, rel_probes, gen_probes, gen_owner, loc_probes, loc_owner,
-                                            generate_fn, scorer.tokenizer, records)
+        report.generate = _generation_check(facts, probes, generate_fn, scorer.tokenizer, records)
     return report
 
 
@@ -179,19 +199,23 @@ def _fill_locality_targets(probes: list[Probe], generate_fn) -> None:
         probe.target = text.strip() or "."
 
 
-def _generation_check(facts, rel_probes, gen_probes, gen_owner, loc_probes, loc_owner, generate_fn, tokenizer, records):
-    def budget(probes):
-        return max((len(tokenizer(p.target)["input_ids"]) for p in probes), default=1) + 2
+def _generation_check(facts: list[Fact], probes: ProbeSet, generate_fn, tokenizer, records: list[dict]) -> dict:
+    """Greedy generation: edit prompts and rephrasings must start with the target, locality prompts
+    must generate the base model's text. Adds each record's result to `records`."""
 
-    rel_out = generate_fn([p.prompt for p in rel_probes], budget(rel_probes), True)
-    gen_out = generate_fn([p.prompt for p in gen_probes], budget(gen_probes), True) if gen_probes else []
-    loc_edited = generate_fn([p.prompt for p in loc_probes], 16, True) if loc_probes else []
-    loc_base = generate_fn([p.prompt for p in loc_probes], 16, False) if loc_probes else []
+    def outputs(group: list[Probe], edited: bool = True, tokens: int | None = None) -> list[str]:
+        if not group:
+            return []
+        budget = tokens or max(len(tokenizer(p.target)["input_ids"]) for p in group) + 2
+        return generate_fn([p.prompt for p in group], budget, edited)
+
+    rel_out, gen_out = outputs(probes.rel), outputs(probes.gen)
+    loc_same = [e == b for e, b in zip(outputs(probes.loc, tokens=16), outputs(probes.loc, edited=False, tokens=16))]
     per_record = []
     for index, fact in enumerate(facts):
-        hits = [o.strip().startswith(fact.target) for o, owner in zip(gen_out, gen_owner) if owner == index]
-        same = [e == b for e, b, owner in zip(loc_edited, loc_base, loc_owner) if owner == index]
-        record = {"rel": float(rel_out[index].strip().startswith(fact.target)), "gen": _mean(hits), "loc": _mean(same)}
+        hits = [o.strip().startswith(fact.target) for o in probes.gen_of(index, gen_out)]
+        record = {"rel": float(rel_out[index].strip().startswith(fact.target)), "gen": _mean(hits),
+                  "loc": _mean(probes.loc_of(index, loc_same))}
         records[index]["generate"] = dict(record, output=rel_out[index])
         per_record.append(record)
     return _scores(per_record)
