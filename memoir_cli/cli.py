@@ -39,6 +39,7 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")]
 
 
 def _handles_errors(command: Callable) -> Callable:
@@ -111,7 +112,7 @@ def edit(
     rehearse_overlap: Annotated[Optional[float], typer.Option(help="Minimum mask overlap of a rehearsed edit (default: the threshold).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")] = False,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")] = False,
+    no_wait: NoWaitOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
@@ -133,7 +134,7 @@ def edit(
                           device=device, dtype=dtype)
     with _edit_progress(enabled=not (as_json or dry_run)) as hooks:
         summary = edit_pack(records, pack, model, options, dry_run=dry_run, wait=not no_wait,
-                            on_wait=lambda message: err.print(f"[yellow]{message}[/]", highlight=False), **hooks)
+                            on_wait=_say_waiting, **hooks)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
@@ -186,6 +187,10 @@ class _edit_progress:
 def _check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
         raise BadInputError(f"--limit {limit} must be positive")
+
+
+def _say_waiting(message: str) -> None:
+    err.print(f"[yellow]{message}[/]", highlight=False)
 
 
 def _warn_skipped(problem: str) -> None:
@@ -253,7 +258,7 @@ def revert(
     pack: Annotated[Path, typer.Argument(help="Pack folder.")],
     edit_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of the edits to deactivate.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Deactivate the active edit of this exact prompt (repeatable).")] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")] = False,
+    no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Deactivate single edits: routing never selects them again; every other edit is untouched.
@@ -263,7 +268,7 @@ def revert(
     from .workflows import revert_edits
 
     reverted = revert_edits(pack, edit_ids or [], prompt or [], wait=not no_wait,
-                            on_wait=lambda message: err.print(f"[yellow]{message}[/]", highlight=False))
+                            on_wait=_say_waiting)
     if as_json:
         out.print_json(json.dumps({"pack": str(pack), "reverted": reverted}))
     else:

@@ -6,20 +6,26 @@ from memoir_cli.errors import BadInputError
 from memoir_cli.facts import fact_id, read_facts, read_facts_jsonl, read_zsre_json
 
 
-def test_schema_errors_name_file_line_and_field_for_every_bad_line(tmp_path):
+def problems_in(tmp_path, text: str) -> tuple[list[str], str]:
+    """The problem lines reading `text` as a facts file raises, and the file's path."""
     path = tmp_path / "facts.jsonl"
-    path.write_text(
+    path.write_text(text)
+    with pytest.raises(BadInputError) as caught:
+        read_facts_jsonl(path)
+    return caught.value.details, str(path)
+
+
+def test_schema_errors_name_file_line_and_field_for_every_bad_line(tmp_path):
+    details, path = problems_in(
+        tmp_path,
         '{"prompt": "ok", "target": "fine"}\n'
         '{"prompt": "no target here"}\n'
         "\n"
         "{not json\n"
         '{"prompt": "x", "target": "y", "colour": "red"}\n'
         '{"prompt": "x", "target": "   "}\n'
-        '{"prompt": "x", "target": "y", "rephrases": "not a list"}\n'
+        '{"prompt": "x", "target": "y", "rephrases": "not a list"}\n',
     )
-    with pytest.raises(BadInputError) as caught:
-        read_facts_jsonl(path)
-    details = caught.value.details
     assert details == [
         f"{path}:2: 'target' is required",
         f"{path}:4: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
@@ -38,11 +44,8 @@ def test_facts_without_id_get_a_stable_content_id(tmp_path):
 
 
 def test_repeated_id_is_reported_with_both_lines(tmp_path):
-    path = tmp_path / "facts.jsonl"
-    path.write_text('{"id": "a", "prompt": "A", "target": "B"}\n{"id": "a", "prompt": "C", "target": "D"}\n')
-    with pytest.raises(BadInputError) as caught:
-        read_facts_jsonl(path)
-    assert caught.value.details == [f"{path}:2: 'id' 'a' repeats line 1"]
+    details, path = problems_in(tmp_path, '{"id": "a", "prompt": "A", "target": "B"}\n{"id": "a", "prompt": "C", "target": "D"}\n')
+    assert details == [f"{path}:2: 'id' 'a' repeats line 1"]
 
 
 def test_empty_and_missing_files_are_bad_input(tmp_path):
@@ -80,11 +83,8 @@ def test_shipped_example_facts_are_valid():
 
 
 def test_nested_required_fields_name_their_path(tmp_path):
-    path = tmp_path / "facts.jsonl"
-    path.write_text('{"prompt": "A", "target": "B", "locality": [{"target": "x"}]}\n')
-    with pytest.raises(BadInputError) as caught:
-        read_facts_jsonl(path)
-    assert caught.value.details == [f"{path}:1: 'locality/0/prompt' is required"]
+    details, path = problems_in(tmp_path, '{"prompt": "A", "target": "B", "locality": [{"target": "x"}]}\n')
+    assert details == [f"{path}:1: 'locality/0/prompt' is required"]
 
 
 def test_limit_reads_and_checks_only_the_first_records(tmp_path):
