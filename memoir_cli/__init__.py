@@ -2,12 +2,12 @@
 
 Python API for people who generate with their own code:
 
-    pack = memoir_cli.load_pack("my-pack")
+    pack = memoir_cli.load_pack("my-pack")       # or "my-pack@3": version 3
     memoir_cli.attach(model, pack)      # model now answers with the pack's edits
     memoir_cli.detach(model)            # the original modules are back, exactly
 """
 from ._version import __version__
 from .memory import attach, detach
-from .pack import load_pack
+from .store import load_pack
 
 __all__ = ["__version__", "attach", "detach", "load_pack"]

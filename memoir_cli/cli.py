@@ -40,6 +40,8 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")]
+MessageOpt = Annotated[Optional[str], typer.Option("--message", help="Why: recorded with the new version (memoir log).")]
+PacksArg = Annotated[list[str], typer.Argument(help="Packs (PATH, or PATH@N for version N); stacked, the best-matching edit wins.")]
 
 
 def _handles_errors(command: Callable) -> Callable:
@@ -112,15 +114,19 @@ def edit(
     rehearse_overlap: Annotated[Optional[float], typer.Option(help="Minimum mask overlap of a rehearsed edit (default: the threshold).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")] = False,
+    message: MessageOpt = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Commit a version every N facts, so a killed run loses at most N.")] = None,
+    snapshot_every: Annotated[Optional[int], typer.Option(help="Keep every N-th version's files in full (others are replayed on demand; default 10).")] = None,
     no_wait: NoWaitOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
-    """Edit FACTS into the pack at --pack (created if missing), one fact at a time.
+    """Edit FACTS into the pack at --pack (created if missing) as a new version, one fact at a time.
 
     A fact whose prompt already has an active edit with the same target is skipped (rerunning a
-    nightly job is a no-op); with a different target it replaces that edit.
+    nightly job is a no-op); with a different target it replaces that edit. A killed run is
+    finished by running the same command again.
 
     [dim]Example: memoir edit examples/facts.jsonl --pack my-pack[/]
     """
@@ -133,8 +139,8 @@ def edit(
                           rehearse_overlap=rehearse_overlap,
                           device=device, dtype=dtype)
     with _edit_progress(enabled=not (as_json or dry_run)) as hooks:
-        summary = edit_pack(records, pack, model, options, dry_run=dry_run, wait=not no_wait,
-                            on_wait=_say_waiting, **hooks)
+        summary = edit_pack(records, pack, model, options, dry_run=dry_run, wait=not no_wait, on_wait=_say_waiting,
+                            message=message, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, **hooks)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
@@ -152,6 +158,8 @@ def edit(
     if report["seconds_per_edit"] is not None:
         table.add_row("seconds per fact", f"{report['seconds_per_edit']:.2f}")
     table.add_row("total seconds", f"{report['seconds']:.1f}")
+    if not dry_run:
+        table.add_row("new versions", ", ".join(map(str, summary.versions)) or "none (nothing changed)")
     out.print(table)
 
 
@@ -200,7 +208,7 @@ def _warn_skipped(problem: str) -> None:
 @app.command()
 @_handles_errors
 def apply(
-    packs: Annotated[list[Path], typer.Argument(help="One or more packs; stacked, the best-matching edit wins.")],
+    packs: PacksArg,
     model: ModelOpt = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSONL file of {\"prompt\": ...} lines.")] = None,
@@ -258,27 +266,29 @@ def revert(
     pack: Annotated[Path, typer.Argument(help="Pack folder.")],
     edit_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of the edits to deactivate.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Deactivate the active edit of this exact prompt (repeatable).")] = None,
+    message: MessageOpt = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deactivate single edits: routing never selects them again; every other edit is untouched.
+    """Deactivate single edits, as a new version: routing never selects them again; every other edit is untouched.
 
     [dim]Example: memoir revert my-pack watts-humphrey-university[/]
     """
     from .workflows import revert_edits
 
-    reverted = revert_edits(pack, edit_ids or [], prompt or [], wait=not no_wait,
-                            on_wait=_say_waiting)
+    reverted, version = revert_edits(pack, edit_ids or [], prompt or [], wait=not no_wait, on_wait=_say_waiting,
+                                     message=message)
     if as_json:
-        out.print_json(json.dumps({"pack": str(pack), "reverted": reverted}))
+        out.print_json(json.dumps({"pack": str(pack), "reverted": reverted, "version": version}))
     else:
-        out.print(f"[green]reverted[/] {len(reverted)} edit(s) in {pack}: {', '.join(reverted)}", highlight=False)
+        out.print(f"[green]reverted[/] {len(reverted)} edit(s) in {pack} (version {version}): {', '.join(reverted)}",
+                  highlight=False)
 
 
 @app.command("eval")
 @_handles_errors
 def eval_(
-    packs: Annotated[list[Path], typer.Argument(help="One or more packs (stacked, as in apply).")],
+    packs: PacksArg,
     model: ModelOpt = None,
     data: Annotated[Optional[Path], typer.Option(help="Records to score: facts JSONL or ZsRE JSON. Default: the packs' own facts.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, zsre or auto (by extension).")] = "auto",
@@ -347,17 +357,20 @@ def _render_eval(report, thresholds: list[float]) -> None:
 @app.command()
 @_handles_errors
 def show(
-    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    pack: Annotated[str, typer.Argument(help="Pack folder, or PACK@N for version N.")],
     facts: Annotated[int, typer.Option(help="How many facts to list.")] = 10,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a pack is: base model, settings, size and facts.
 
     [dim]Example: memoir show my-pack --json[/]
     """
-    from .pack import load_pack
+    from .history import open_pack
 
-    loaded = load_pack(pack)
+    loaded = open_pack(pack, _model_loader(model, device, dtype))
     summary = loaded.summary()
     active = loaded.memory.bank.active.tolist()
     listed = [dict(f.to_json(), active=a) for f, a in zip(loaded.facts, active)]
@@ -375,6 +388,167 @@ def show(
         for record in listed[:facts]:
             facts_table.add_row(record["id"], record["prompt"], record["target"], "yes" if record["active"] else "no")
         out.print(facts_table)
+
+
+def _model_loader(model: str | None, device: str, dtype: str):
+    """Loads the base model the first time a command needs it (replaying a version, hashing prompts)."""
+    cache = {}
+
+    def load(pack):
+        from .models import load_model
+        from .workflows import model_spec_for
+
+        if "model" not in cache:
+            err.print("[dim]loading the base model to replay a version...[/]")
+            cache["model"] = load_model(model or model_spec_for(pack), device, dtype)
+        return cache["model"]
+
+    return load
+
+
+@app.command()
+@_handles_errors
+def log(
+    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """List a pack's versions, newest first: what each added, replaced and deactivated, and why.
+
+    [dim]Example: memoir log my-pack[/]
+    """
+    from .history import log as version_log
+
+    entries = version_log(pack)
+    if as_json:
+        out.print_json(json.dumps({"pack": str(pack), "versions": entries}))
+        return
+    table = Table(title=f"memoir log {pack}")
+    for column in ("version", "date", "kind", "message", "+added", "~replaced", "-deactivated", "active/edits", "kept"):
+        table.add_column(column, overflow="fold")
+    for e in reversed(entries):
+        table.add_row(str(e["version"]), e["created_at"].replace("T", " ").replace("+00:00", "Z"), e["kind"] or "-",
+                      e["message"] or "", str(e["added"]), str(e["replaced"]), str(e["deactivated"]),
+                      f"{e['active']}/{e['edits']}", "yes" if e["stored"] else "[dim]replay[/]")
+    out.print(table)
+
+
+@app.command()
+@_handles_errors
+def rollback(
+    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    to: Annotated[int, typer.Option("--to", help="Version whose state becomes current again.")],
+    message: MessageOpt = None,
+    model: ModelOpt = None,
+    no_wait: NoWaitOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make version N's state current again (bit-identical weights and masks) as a new version.
+
+    History is never rewritten: the versions after N stay in the log.
+
+    [dim]Example: memoir rollback my-pack --to 3[/]
+    """
+    from .history import rollback as roll_back
+
+    version = roll_back(pack, to, _model_loader(model, device, dtype), message, wait=not no_wait, on_wait=_say_waiting)
+    if as_json:
+        out.print_json(json.dumps({"pack": str(pack), "restored": to, "version": version}))
+    else:
+        out.print(f"[green]rolled back[/] {pack} to version {to}'s state, as version {version}", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def rebuild(
+    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    message: MessageOpt = None,
+    model: ModelOpt = None,
+    no_wait: NoWaitOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay the active facts from scratch into a compact memory, as a new version.
+
+    Reverted and replaced edits are dropped. On the same device with the same seed the result is
+    bit-identical to editing the active facts into a fresh pack.
+
+    [dim]Example: memoir rebuild my-pack[/]
+    """
+    from .history import rebuild as rebuild_pack
+
+    with _edit_progress(enabled=not as_json) as hooks:
+        version = rebuild_pack(pack, _model_loader(model, device, dtype), dtype, message, wait=not no_wait,
+                               on_wait=_say_waiting, on_start=hooks["on_start"], on_fact=hooks["on_fact"])
+    if as_json:
+        out.print_json(json.dumps({"pack": str(pack), "version": version}))
+    else:
+        out.print(f"[green]rebuilt[/] {pack} as version {version}", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def diff(
+    a: Annotated[str, typer.Argument(help="Pack or version (PACK@N) to compare from.")],
+    b: Annotated[str, typer.Argument(help="Pack or version to compare to.")],
+    force: Annotated[bool, typer.Option("--force", help="Compare packs made for different base models.")] = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two packs, or two versions of one: facts added, removed and retargeted, conflicts,
+    settings, and how much of the memory changed.
+
+    [dim]Example: memoir diff my-pack@3 my-pack[/]
+    """
+    from .diff import Side, diff as compare
+    from .history import open_pack
+    from .store import parse_ref
+
+    loader = _model_loader(model, device, dtype)
+    ref_a, ref_b = parse_ref(a), parse_ref(b)
+    stacked = ref_a.path.resolve() != ref_b.path.resolve()
+    report = compare(Side(a, open_pack(ref_a, loader)), Side(b, open_pack(ref_b, loader)), stacked, force, loader)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    _render_diff(report)
+
+
+def _render_diff(report: dict) -> None:
+    facts = report["facts"]
+    table = Table(title=f"memoir diff {report['a']} -> {report['b']}", show_header=False)
+    table.add_row("facts added", str(len(facts["added"])))
+    table.add_row("facts removed", str(len(facts["removed"])))
+    table.add_row("facts retargeted", str(len(facts["retargeted"])))
+    memory = report["memory"]
+    if memory:
+        relative = f" ({memory['relative']:.1%} of A's norm)" if memory["relative"] is not None else ""
+        table.add_row("memory columns touched", str(memory["columns_touched"]))
+        table.add_row("norm of the change", f"{memory['norm']:.4g}{relative}")
+    conflicts = report["conflicts"]
+    table.add_row("conflicts within B", f"{len(conflicts['within_b'])} ({sum(c['new'] for c in conflicts['within_b'])} new)")
+    if report["stacked"]:
+        table.add_row("conflicts across A and B", str(len(conflicts["across"])))
+    out.print(table)
+    details = Table(show_header=True, title="changes")
+    for column in ("change", "id", "prompt", "target"):
+        details.add_column(column, overflow="fold")
+    for f in facts["added"]:
+        details.add_row("[green]+ added[/]", f["id"], f["prompt"], f["target"])
+    for f in facts["removed"]:
+        details.add_row("[red]- removed[/]", f["id"], f["prompt"], f["target"])
+    for f in facts["retargeted"]:
+        details.add_row("[yellow]~ retargeted[/]", f["id_b"], f["prompt"], f"{f['target_a']} -> {f['target_b']}")
+    for c in conflicts["within_b"] + conflicts["across"]:
+        details.add_row("[magenta]! conflict[/]", f"{c['a']} / {c['b']}", f"mask overlap {c['overlap']:.2f}", "")
+    for setting in report["settings"]:
+        details.add_row("[cyan]setting[/]", setting["setting"], str(setting["a"]), str(setting["b"]))
+    if details.row_count:
+        out.print(details)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""The edit pack on disk: a folder with a manifest, safetensors data, the facts and a model card.
+"""An edit pack: its manifest, its data files' encoding, and their validation.
 
-    manifest.json           settings, base-model fingerprint, counts, sha256 of every other file
+    manifest.json           settings, base-model fingerprint, counts, sha256 of every data file
     memory.safetensors      "weight": the residual memory W_m [d_model, d_ff]
     masks.safetensors       "masks": bit-packed mask bank [n, ceil(d_ff/8)] (uint8), "active" [n],
                             "permutation" [d_ff]; metadata "edit_ids": JSON list, one per row
@@ -8,10 +8,10 @@
     facts.jsonl             one fact per bank row, in the same order
     README.md               model card
 
-Saving writes a complete new folder beside the target and renames it into place, so a crash
-never leaves a half-written pack. Loading validates the manifest against the schema before
-anything else, then checks every file's size and sha256 and every tensor's shape. Only
-safetensors, JSON and JSONL are ever read: a pack is data, never code.
+Where these files live on disk, and how versions share them, is store.py's job. Reading
+validates the manifest against the schema before anything else, then checks every file's size
+and sha256 and every tensor's shape. Only safetensors, JSON and JSONL are ever read: a pack is
+data, never code.
 """
 from __future__ import annotations
 
@@ -19,13 +19,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import jsonschema
 import torch
@@ -36,7 +32,7 @@ from torch import nn
 from ._version import __version__
 from .bank import MaskBank
 from .editor import EditSettings
-from .errors import PackBusyError, PackError
+from .errors import PackError
 from .facts import Fact, load_schema
 from .memory import MemoirLinear, ResidualMemory
 from .models import fingerprints_match, layer_fingerprint
@@ -56,6 +52,7 @@ class Pack:
     memory: ResidualMemory
     facts: list[Fact]
     path: Path | None = None
+    version: int | None = None  # None: never committed
 
     @property
     def name(self) -> str:
@@ -99,6 +96,7 @@ class Pack:
             "created_at": m["created_at"],
             "updated_at": m["updated_at"],
             "tool_version": m["tool_version"],
+            "version": m.get("version", 1),
         }
 
 
@@ -118,12 +116,12 @@ def new_pack(
     permutation: torch.Tensor,
     edit_dtype: str,
 ) -> Pack:
-    """An empty pack for `model`'s edit layer (nothing is written until `save_pack`)."""
+    """An empty pack for `model`'s edit layer (nothing is written until it is committed, store.commit)."""
     base_weight = model.get_submodule(layer.path).weight
     now = _now()
     manifest = {
         "format": "memoir-pack",
-        "format_version": 1,
+        "format_version": 2,
         "tool_version": __version__,
         "created_at": now,
         "updated_at": now,
@@ -161,88 +159,67 @@ def edit_settings(pack: Pack) -> EditSettings:
     return EditSettings(**pack.manifest["training"])
 
 
-def save_pack(pack: Pack, path: str | Path) -> None:
-    """Write `pack` to `path` atomically (a new folder renamed into place)."""
-    path = Path(path)
-    if path.exists() and not (path / MANIFEST).is_file():
-        raise PackError(f"{path} exists and is not a memoir pack; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    memory, manifest = pack.memory, pack.manifest
-    manifest["updated_at"] = _now()
-    manifest["counts"] = {"edits": len(memory.bank), "active": int(memory.bank.active.sum())}
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
-    try:
-        save_file({"weight": memory.weight.contiguous()}, str(staging / MEMORY_FILE))
-        save_file(
-            {
-                "masks": pack_masks(memory.bank.masks).contiguous(),
-                "active": memory.bank.active.to(torch.uint8),
-                "permutation": memory.permutation.to(torch.int64),
-            },
-            str(staging / MASKS_FILE),
-            metadata={"edit_ids": json.dumps(memory.bank.ids)},
-        )
-        save_file({"mean": memory.background.contiguous()}, str(staging / BACKGROUND_FILE))
-        (staging / FACTS_FILE).write_text("".join(json.dumps(f.to_json(), ensure_ascii=False) + "\n" for f in pack.facts))
-        (staging / CARD_FILE).write_text(model_card(pack))
-        manifest["files"] = {name: _file_entry(staging / name) for name in DATA_FILES}
-        _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        for name in DATA_FILES + (CARD_FILE,):
-            _fsync(staging / name)
-        _swap_into_place(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    pack.path = path
-    pack.memory.name = path.name
+def write_data_files(pack: Pack, folder: Path) -> dict:
+    """Serialise the pack's data files into `folder`; returns their manifest entries (sha256, bytes).
+
+    The bytes depend only on the pack's contents, so equal states give equal files (and objects).
+    """
+    memory = pack.memory
+    save_file({"weight": memory.weight.contiguous()}, str(folder / MEMORY_FILE))
+    save_file(
+        {
+            "masks": pack_masks(memory.bank.masks).contiguous(),
+            "active": memory.bank.active.to(torch.uint8),
+            "permutation": memory.permutation.to(torch.int64),
+        },
+        str(folder / MASKS_FILE),
+        metadata={"edit_ids": json.dumps(memory.bank.ids)},
+    )
+    save_file({"mean": memory.background.contiguous()}, str(folder / BACKGROUND_FILE))
+    (folder / FACTS_FILE).write_text("".join(json.dumps(f.to_json(), ensure_ascii=False) + "\n" for f in pack.facts))
+    return {name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in DATA_FILES}
 
 
-def load_pack(path: str | Path) -> Pack:
-    """Read and verify a pack; any problem is a PackError naming the file and what is wrong."""
-    path = Path(path)
-    _recover_interrupted_swap(path)
-    manifest_path = path / MANIFEST
-    if not path.is_dir():
-        raise PackError(f"{path}: no such pack (folder not found)")
-    if not manifest_path.is_file():
-        raise PackError(f"{path}: not a memoir pack (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PackError(f"{manifest_path}: not valid JSON ({error})") from None
-    validate_manifest(manifest, manifest_path)
+def read_pack(manifest: dict, where: Path, file_for: Callable[[str], Path]) -> Pack:
+    """Build a Pack from a validated manifest and its data files (`file_for(name)` locates each).
+
+    Every file must match the manifest's size and sha256, every tensor the shape the manifest
+    implies; any problem is a PackError naming the file and what is wrong.
+    """
     for name in DATA_FILES:
         entry = manifest["files"].get(name)
         if entry is None:
-            raise PackError(f"{manifest_path}: 'files' does not list {name}")
-        file = path / name
+            raise PackError(f"{where}: 'files' does not list {name}")
+        file = file_for(name)
         if not file.is_file():
-            raise PackError(f"{file}: missing from the pack")
-        if file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
-            raise PackError(f"{file}: checksum mismatch (the file was changed after the pack was written)")
+            raise PackError(f"{file}: {name} is missing from the pack")
+        if file.stat().st_size != entry["bytes"] or file_sha256(file) != entry["sha256"]:
+            raise PackError(f"{file}: {name}: checksum mismatch (the file was changed after the pack was written)")
     layer, k = manifest["layer"], manifest["tophash"]["k"]
     d_ff, d_model = layer["d_ff"], layer["d_model"]
-    memory_tensors = _load_safetensors(path / MEMORY_FILE)
-    masks_tensors, metadata = _load_safetensors(path / MASKS_FILE, with_metadata=True)
-    background = _load_safetensors(path / BACKGROUND_FILE)
+    memory_file, masks_file, background_file = file_for(MEMORY_FILE), file_for(MASKS_FILE), file_for(BACKGROUND_FILE)
+    memory_tensors = _load_safetensors(memory_file)
+    masks_tensors, metadata = _load_safetensors(masks_file, with_metadata=True)
+    background = _load_safetensors(background_file)
     try:
         ids = json.loads(metadata.get("edit_ids", "[]"))
     except json.JSONDecodeError:
-        raise PackError(f"{path / MASKS_FILE}: metadata 'edit_ids' is not JSON") from None
+        raise PackError(f"{masks_file}: metadata 'edit_ids' is not JSON") from None
     n = manifest["counts"]["edits"]
-    _expect_shape(path / MEMORY_FILE, memory_tensors, "weight", (d_model, d_ff))
-    _expect_shape(path / MASKS_FILE, masks_tensors, "masks", (n, (d_ff + 7) // 8))
-    _expect_shape(path / MASKS_FILE, masks_tensors, "active", (n,))
-    _expect_shape(path / MASKS_FILE, masks_tensors, "permutation", (d_ff,))
-    _expect_shape(path / BACKGROUND_FILE, background, "mean", (d_ff,))
+    _expect_shape(memory_file, memory_tensors, "weight", (d_model, d_ff))
+    _expect_shape(masks_file, masks_tensors, "masks", (n, (d_ff + 7) // 8))
+    _expect_shape(masks_file, masks_tensors, "active", (n,))
+    _expect_shape(masks_file, masks_tensors, "permutation", (d_ff,))
+    _expect_shape(background_file, background, "mean", (d_ff,))
     permutation = masks_tensors["permutation"].long()
     if not torch.equal(permutation.sort().values, torch.arange(d_ff)):
-        raise PackError(f"{path / MASKS_FILE}: 'permutation' is not a permutation of range({d_ff})")
+        raise PackError(f"{masks_file}: 'permutation' is not a permutation of range({d_ff})")
     masks = unpack_masks(masks_tensors["masks"], d_ff)
     if n and not bool((masks.sum(dim=1) == k).all()):
-        raise PackError(f"{path / MASKS_FILE}: every mask must select exactly k={k} features")
-    facts = _read_pack_facts(path / FACTS_FILE)
+        raise PackError(f"{masks_file}: every mask must select exactly k={k} features")
+    facts = _read_pack_facts(file_for(FACTS_FILE))
     if len(ids) != n or len(facts) != n or [f.id for f in facts] != ids:
-        raise PackError(f"{path}: {FACTS_FILE}, the mask bank and the manifest disagree on the edits")
+        raise PackError(f"{where}: {FACTS_FILE}, the mask bank and the manifest disagree on the edits")
     bank = MaskBank(d_ff=d_ff, k=k, masks=masks, ids=ids, active=masks_tensors["active"].bool())
     memory = ResidualMemory(
         weight=memory_tensors["weight"].float(),
@@ -252,9 +229,8 @@ def load_pack(path: str | Path) -> Pack:
         k=k,
         threshold=manifest["routing"]["threshold"],
         layer_path=layer["path"],
-        name=path.name,
     )
-    return Pack(manifest=manifest, memory=memory, facts=facts, path=path)
+    return Pack(manifest=manifest, memory=memory, facts=facts)
 
 
 def validate_manifest(manifest: dict, where: Path) -> None:
@@ -291,54 +267,6 @@ def model_card(pack: Pack) -> str:
     )
 
 
-@contextmanager
-def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Serialise writers of one pack with a lock file beside it (`.NAME.lock`).
-
-    A second writer waits (after telling `on_wait` why) or, with `wait=False`, fails at once.
-    """
-    from filelock import FileLock, Timeout
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.parent / f".{path.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if not wait:
-            raise PackBusyError(f"{path}: another memoir process is writing this pack (rerun without --no-wait to wait)") from None
-        if on_wait:
-            on_wait(f"{path}: another memoir process is writing this pack; waiting for it to finish...")
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _swap_into_place(staging: Path, path: Path) -> None:
-    """Rename `staging` to `path`; an existing pack is moved aside first and removed after."""
-    if not path.exists():
-        os.rename(staging, path)
-        return
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    os.rename(path, old)
-    os.rename(staging, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_interrupted_swap(path: Path) -> None:
-    """A crash between the two renames of `_swap_into_place` leaves only the old pack aside."""
-    leftovers = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
-    if not leftovers:
-        return
-    if path.exists():
-        for old in leftovers:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(leftovers[-1], path)
-
-
 def _load_safetensors(file: Path, with_metadata: bool = False):
     from safetensors import safe_open
 
@@ -369,29 +297,12 @@ def _read_pack_facts(file: Path) -> list[Fact]:
     return facts
 
 
-def _file_entry(file: Path) -> dict:
-    return {"sha256": _sha256(file), "bytes": file.stat().st_size}
-
-
-def _sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_synced(file: Path, text: str) -> None:
-    file.write_text(text)
-    _fsync(file)
-
-
-def _fsync(file: Path) -> None:
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> str:

@@ -16,7 +16,9 @@ from .evaluate import EvalReport, Scorer, evaluate
 from .facts import Fact
 from .memory import attach, detach
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
-from .pack import Pack, edit_settings, load_pack, new_pack, pack_lock, save_pack
+from .history import edit_record, open_pack, replay_info, weight_change
+from .pack import Pack, edit_settings, new_pack
+from .store import PackRef, commit, is_committed, load_pack, pack_lock, pause_point, refuse_foreign_folder
 from .batching import pad_left
 from .tophash import background_prompts, default_top_k, make_permutation, prompt_features
 
@@ -73,12 +75,14 @@ class EditSummary:
     results: list[EditResult] = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
+    versions: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
         edited = len(self.results)
         return {
             "pack": self.pack,
             "dry_run": self.dry_run,
+            "versions": self.versions,
             "created": self.created,
             "edited": edited,
             "planned": len(self.plan.add),
@@ -100,9 +104,10 @@ class EditSummary:
 
 
 def revert_edits(pack_path: str | Path, edit_ids: list[str] = (), prompts: list[str] = (), wait: bool = True,
-                 on_wait: Callable[[str], None] | None = None) -> list[str]:
+                 on_wait: Callable[[str], None] | None = None, message: str | None = None) -> tuple[list[str], int]:
     """Deactivate edits (by id, or the active edit of an exact prompt) so routing never selects them
-    again; returns the ids deactivated. No model is needed: the memory's weights do not change."""
+    again, as a new version; returns the ids deactivated and the version. No model is needed: the
+    memory's weights do not change."""
     if not edit_ids and not prompts:
         raise BadInputError("name at least one edit id or --prompt")
     with pack_lock(pack_path, wait=wait, on_wait=on_wait):
@@ -121,10 +126,11 @@ def revert_edits(pack_path: str | Path, edit_ids: list[str] = (), prompts: list[
             if prompt not in by_prompt:
                 raise BadInputError(f"{pack_path}: no active edit has the prompt {prompt!r}")
             targets.append(by_prompt[prompt])
-        for edit_id in dict.fromkeys(targets):
+        reverted = list(dict.fromkeys(targets))
+        for edit_id in reverted:
             bank.deactivate(edit_id)
-        save_pack(pack, pack_path)
-    return list(dict.fromkeys(targets))
+        version = commit(pack, Path(pack_path), edit_record("revert", message, [["deactivate", i] for i in reverted], []))
+    return reverted, version
 
 
 def model_spec_for(pack: Pack) -> str:
@@ -143,50 +149,92 @@ def edit_pack(
     dry_run: bool = False,
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    message: str | None = None,
+    checkpoint_every: int | None = None,
+    snapshot_every: int | None = None,
 ) -> EditSummary:
-    """Create the pack at `pack_path` (or add to it) with `facts`, and save it atomically.
+    """Create the pack at `pack_path` (or add to it) with `facts`, as a new version.
 
     Refresh semantics: a fact whose prompt has an active edit with the same target is skipped; with
     a different target it replaces that edit (the old one is deactivated first). `dry_run` plans
-    without loading a model. One writer at a time: see `pack_lock`.
+    without loading a model. One writer at a time: see `pack_lock`. With `checkpoint_every` N, every
+    N facts are committed as a version of their own, so a run that is killed loses at most N facts'
+    work and a rerun of the same command continues where it stopped.
     """
     start = time.perf_counter()
     pack_path = Path(pack_path)
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise BadInputError(f"--checkpoint-every {checkpoint_every} must be positive")
+    if snapshot_every is not None and snapshot_every < 1:
+        raise BadInputError(f"--snapshot-every {snapshot_every} must be positive")
+    refuse_foreign_folder(pack_path)
     with pack_lock(pack_path, wait=wait, on_wait=on_wait):
-        existing = load_pack(pack_path) if pack_path.exists() else None
+        existing = load_pack(pack_path) if is_committed(pack_path) else None
         if existing is not None:
             _check_fixed_settings(existing, options)
         plan = plan_edits(facts, existing)
         if dry_run:
             return EditSummary(str(pack_path), existing is None, plan, dry_run=True)
-        return _run_edits(plan, existing, pack_path, model_spec, options, on_start, on_step, on_fact, start)
+        run = _EditRun(plan, existing, pack_path, options, message, checkpoint_every, snapshot_every)
+        return run.execute(model_spec, on_start, on_step, on_fact, start)
 
 
-def _run_edits(plan, existing, pack_path, model_spec, options, on_start, on_step, on_fact, start) -> EditSummary:
-    loaded = load_model(model_spec or (model_spec_for(existing) if existing else None), options.device, options.dtype)
-    pack = existing or create_pack(loaded, options)
-    settings_changed = _update_settings(pack, options)
-    wrapper = attach(loaded.model, pack)
-    try:
-        editor = Editor(
-            loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
-            pack.manifest["prefixes"], edit_settings(pack),
-        )
-        if on_start:
-            on_start(len(plan.add))
-        results = []
-        for number, fact in enumerate(plan.add):
-            if fact.id in plan.replaces:
-                pack.memory.bank.deactivate(plan.replaces[fact.id])
-            result = editor.edit(fact, on_step=(lambda s, v, f=fact: on_step(number, f, s, v)) if on_step else None)
-            results.append(result)
-            if on_fact:
-                on_fact(number, result)
-    finally:
-        detach(loaded.model)
-    if results or existing is None or settings_changed:
-        save_pack(pack, pack_path)
-    return EditSummary(str(pack_path), existing is None, plan, results, time.perf_counter() - start)
+@dataclass
+class _EditRun:
+    """One `memoir edit`: fits the planned facts and commits them as one version, or one per checkpoint."""
+
+    plan: EditPlan
+    existing: Pack | None
+    pack_path: Path
+    options: EditOptions
+    message: str | None
+    checkpoint_every: int | None
+    snapshot_every: int | None
+
+    def execute(self, model_spec, on_start, on_step, on_fact, start) -> EditSummary:
+        plan, options = self.plan, self.options
+        loaded = load_model(model_spec or (model_spec_for(self.existing) if self.existing else None),
+                            options.device, options.dtype)
+        pack = self.existing or create_pack(loaded, options)
+        settings_changed = _update_settings(pack, options)
+        summary = EditSummary(str(self.pack_path), self.existing is None, plan)
+        ops, done, before = [], [], pack.memory.weight.clone()
+        wrapper = attach(loaded.model, pack)
+        try:
+            editor = Editor(
+                loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
+                pack.manifest["prefixes"], edit_settings(pack),
+            )
+            if on_start:
+                on_start(len(plan.add))
+            for number, fact in enumerate(plan.add):
+                if fact.id in plan.replaces:
+                    pack.memory.bank.deactivate(plan.replaces[fact.id])
+                    ops.append(["deactivate", plan.replaces[fact.id]])
+                result = editor.edit(fact, on_step=(lambda s, v, f=fact: on_step(number, f, s, v)) if on_step else None)
+                ops.append(["edit", fact.id])
+                done.append(fact)
+                summary.results.append(result)
+                pause_point("edit")
+                if on_fact:
+                    on_fact(number, result)
+                if self.checkpoint_every and len(done) == self.checkpoint_every and number + 1 < len(plan.add):
+                    summary.versions.append(self._commit(pack, loaded, ops, done, before, number + 1))
+                    ops, done, before = [], [], pack.memory.weight.clone()
+        finally:
+            detach(loaded.model)
+        if ops or self.existing is None or settings_changed:
+            summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def _commit(self, pack: Pack, loaded: LoadedModel, ops, done, before, through: int) -> int:
+        message = self.message
+        if self.checkpoint_every and len(self.plan.add) > self.checkpoint_every:
+            message = f"{message or 'edit'} (facts {through - len(done) + 1}-{through} of {len(self.plan.add)})"
+        record = edit_record("edit", message, ops, done, self.plan.replaces, weight_change(before, pack.memory.weight))
+        record["replay"] = replay_info(loaded, self.options.dtype)
+        return commit(pack, self.pack_path, record, self.snapshot_every)
 
 
 def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
@@ -309,13 +357,21 @@ class Answer:
 class Session:
     """A model with packs attached, answering prompts (used by `memoir apply`)."""
 
-    def __init__(self, pack_paths: list[str | Path], model_spec: str | None = None, device: str = "cpu",
+    def __init__(self, pack_refs: list[str | Path | PackRef], model_spec: str | None = None, device: str = "cpu",
                  dtype: str = "float32") -> None:
-        if not pack_paths:
+        if not pack_refs:
             raise BadInputError("name at least one pack")
-        self.packs = [load_pack(p) for p in pack_paths]
-        self.loaded = load_model(model_spec or model_spec_for(self.packs[0]), device, dtype)
+        self.loaded: LoadedModel | None = None
+        self.model_spec, self.device, self.dtype = model_spec, device, dtype
+        self.packs = [open_pack(ref, self.model_for) for ref in pack_refs]
+        self.loaded = self.model_for(self.packs[0])
         self.wrapper = attach(self.loaded.model, *self.packs)
+
+    def model_for(self, pack: Pack) -> LoadedModel:
+        """The session's model (loaded once: for the first pack, or to replay a version of one)."""
+        if self.loaded is None:
+            self.loaded = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
+        return self.loaded
 
     def answer(self, prompts: list[str], max_new_tokens: int = 32, compare: bool = False,
                batch_size: int = 8) -> list[Answer]:

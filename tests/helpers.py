@@ -31,6 +31,21 @@ def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: 
     return pack
 
 
+def save_pack(pack: Pack, path) -> int:
+    """Commit `pack` as the next version at `path`, as an edit run would."""
+    from memoir_cli.history import edit_record
+    from memoir_cli.store import commit
+
+    return commit(pack, path, edit_record("edit", None, [["edit", f.id] for f in pack.facts], pack.facts))
+
+
+def tree(path) -> dict[str, bytes]:
+    """Every file under `path` (relative name -> bytes): to prove a command left a pack alone."""
+    from pathlib import Path
+
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
 def logits(model, tokenizer, prompts: list[str]) -> torch.Tensor:
     from memoir_cli.batching import encode_left_padded
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from memoir_cli.cli import app
 
 from .conftest import FACTS
+from .helpers import tree
 
 runner = CliRunner()
 
@@ -56,14 +57,14 @@ def test_apply_reads_a_prompts_file_and_reports_bad_lines(pack_dir, tmp_path):
 
 
 def test_bad_facts_exit_2_with_line_numbers_and_leave_the_pack_untouched(pack_dir, tmp_path):
-    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    before = tree(pack_dir)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok", "target": "fine"}\n{"prompt": "missing target"}\n')
     result = run("edit", bad, "--pack", pack_dir)
     assert result.exit_code == 2
     assert f"{bad}:2: 'target' is required" in result.stderr
     assert "Traceback" not in result.output
-    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+    assert tree(pack_dir) == before
 
 
 def test_validate_checks_a_file_without_a_model(facts_file, tmp_path):

@@ -8,10 +8,11 @@ import memoir_cli.pack as pack_module
 from memoir_cli import attach, load_pack
 from memoir_cli.errors import PackError
 from memoir_cli.models import fingerprints_match, layer_fingerprint
-from memoir_cli.pack import save_pack
+import memoir_cli.store as store
+from memoir_cli.history import log
 
 from .conftest import FACTS, tiny_llama
-from .helpers import edited_pack
+from .helpers import edited_pack, save_pack
 
 
 @pytest.fixture
@@ -19,6 +20,10 @@ def saved(model, tokenizer, tmp_path):
     pack = edited_pack(model, tokenizer, FACTS, steps=3)
     save_pack(pack, tmp_path / "pack")
     return pack, tmp_path / "pack"
+
+
+def object_of(path, name):
+    return path / "objects" / json.loads((path / "manifest.json").read_text())["files"][name]["sha256"]
 
 
 def test_save_then_load_is_bit_identical(saved):
@@ -34,13 +39,13 @@ def test_save_then_load_is_bit_identical(saved):
     assert loaded.manifest == pack.manifest
     save_pack(loaded, path.parent / "again")
     for name in pack_module.DATA_FILES:
-        assert (path / name).read_bytes() == (path.parent / "again" / name).read_bytes()
+        assert object_of(path, name).read_bytes() == object_of(path.parent / "again", name).read_bytes()
 
 
 def test_manifest_records_what_the_issue_lists(saved):
     _, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["tool_version"]
+    assert manifest["format_version"] == 2 and manifest["version"] == 1 and manifest["tool_version"]
     assert manifest["base_model"]["fingerprint"]["shape"] == [64, 128]
     assert manifest["layer"] == {"index": 2, "path": "model.layers.2.mlp.down_proj", "num_layers": 3,
                                  "d_ff": 128, "d_model": 64}
@@ -69,10 +74,11 @@ def test_fingerprint_matches_the_same_weights_in_bfloat16_and_not_another_model(
 
 def test_a_file_changed_behind_the_tools_back_is_named(saved):
     _, path = saved
-    data = bytearray((path / "memory.safetensors").read_bytes())
+    target = object_of(path, "memory.safetensors")
+    data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
-    (path / "memory.safetensors").write_bytes(bytes(data))
-    with pytest.raises(PackError, match=r"memory\.safetensors: checksum mismatch"):
+    target.write_bytes(bytes(data))
+    with pytest.raises(PackError, match=rf"{target.name}: memory\.safetensors: checksum mismatch"):
         load_pack(path)
 
 
@@ -92,27 +98,48 @@ def test_missing_pack_and_non_pack_folder_are_clear_errors(tmp_path):
         load_pack(tmp_path)
 
 
-def test_a_failed_save_leaves_the_previous_pack_untouched(saved, monkeypatch, model, tokenizer):
+@pytest.mark.parametrize("point", ["commit:objects", "commit:record"])
+def test_a_commit_that_fails_before_the_manifest_swap_leaves_the_previous_version(saved, monkeypatch, point):
     pack, path = saved
-    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    weight = pack.memory.weight.clone()
     pack.memory.weight += 1.0
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    def crash(name):
+        if name == point:
+            raise OSError("disk full")
 
-    monkeypatch.setattr(pack_module, "model_card", crash)
+    monkeypatch.setattr(store, "pause_point", crash)
     with pytest.raises(OSError):
         save_pack(pack, path)
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
-    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    assert load_pack(path).version == 1
+    assert torch.equal(load_pack(path).memory.weight, weight)
+    monkeypatch.undo()
+    save_pack(pack, path)  # the next commit is version 2 and sweeps the leftovers
+    assert load_pack(path).version == 2 and torch.equal(load_pack(path).memory.weight, pack.memory.weight)
+    assert sorted(p.name for p in (path / "versions").iterdir()) == ["000001.json", "000002.json"]
+    kept = {entry["sha256"] for entry in load_pack(path).manifest["files"].values()}
+    assert {p.name for p in (path / "objects").iterdir()} == kept  # version 1's files are replayable, not kept
+    assert not [p for p in path.iterdir() if p.name.startswith(".")]
 
 
-def test_a_crash_between_the_two_renames_is_recovered_on_load(saved):
-    _, path = saved
-    aside = path.parent / f".{path.name}.old-12345"
-    path.rename(aside)
-    assert load_pack(path).manifest["counts"]["edits"] == 3
-    assert not aside.exists()
+def test_a_format_1_pack_is_read_as_version_1_and_upgraded_on_its_next_commit(saved, tmp_path):
+    pack, path = saved
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        (flat / name).write_bytes((path / "objects" / entry["sha256"]).read_bytes())
+    for key in ("version", "snapshot_every"):
+        manifest.pop(key)
+    manifest["format_version"] = 1
+    (flat / "manifest.json").write_text(json.dumps(manifest))
+    old = load_pack(flat)
+    assert old.version == 1 and torch.equal(old.memory.weight, pack.memory.weight)
+    old.memory.weight += 1.0
+    save_pack(old, flat)
+    assert [e["version"] for e in log(flat)] == [1, 2]
+    assert store.read_record(flat, 1)["manifest"]["files"] == manifest["files"]  # version 1 is the old pack
+    assert not (flat / "memory.safetensors").exists()
 
 
 def test_save_refuses_to_overwrite_a_folder_that_is_not_a_pack(saved, tmp_path):

@@ -13,6 +13,7 @@ from memoir_cli.facts import Fact, read_facts
 from memoir_cli.workflows import plan_edits
 
 from .conftest import FACTS
+from .helpers import tree
 
 runner = CliRunner()
 
@@ -48,13 +49,13 @@ def test_a_new_target_for_an_active_prompt_replaces_the_old_edit(pack_dir, tmp_p
 
 
 def test_rerunning_the_same_facts_and_same_targets_is_a_no_op(pack_dir, facts_file):
-    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    before = tree(pack_dir)
     renamed = [dict(f, id=f"other-{i}") for i, f in enumerate(FACTS)]  # same prompts and targets, new ids
     facts = write_facts(facts_file.parent / "renamed.jsonl", renamed)
     for path in (facts_file, facts):
         summary = json.loads(run("edit", path, "--pack", pack_dir, "--json").stdout)
         assert summary["edited"] == 0 and summary["skipped"] == 3
-    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+    assert tree(pack_dir) == before
 
 
 def test_the_later_of_two_lines_with_one_prompt_wins():
@@ -66,12 +67,12 @@ def test_the_later_of_two_lines_with_one_prompt_wins():
 
 def test_dry_run_plans_without_loading_a_model_or_writing(pack_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(workflows, "load_model", lambda *a, **k: pytest.fail("a dry run loaded a model"))
-    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    before = tree(pack_dir)
     facts = write_facts(tmp_path / "f.jsonl", [{"prompt": FACTS[0]["prompt"], "target": "Lisbon"},
                                                {"prompt": "Brand new?", "target": "yes"}, FACTS[1]])
     summary = json.loads(run("edit", facts, "--pack", pack_dir, "--dry-run", "--json").stdout)
     assert summary["dry_run"] and summary["planned"] == 2 and summary["replaced"] == 1 and summary["skipped"] == 1
-    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+    assert tree(pack_dir) == before
 
 
 def test_a_second_writer_fails_at_once_with_no_wait(pack_dir, facts_file):
@@ -110,11 +111,11 @@ def test_revert_deactivates_edits_by_id_or_prompt_and_routing_skips_them(pack_di
 
 
 def test_revert_refuses_unknown_or_inactive_edits_and_leaves_the_pack_alone(pack_dir):
-    before = {p.name: p.read_bytes() for p in pack_dir.iterdir()}
+    before = tree(pack_dir)
     for args in (["no-such-id"], ["--prompt", "never edited"], []):
         result = run("revert", pack_dir, *args)
         assert result.exit_code == 2, result.output
-    assert {p.name: p.read_bytes() for p in pack_dir.iterdir()} == before
+    assert tree(pack_dir) == before
     assert run("revert", pack_dir, FACTS[0]["id"]).exit_code == 0
     result = run("revert", pack_dir, FACTS[0]["id"])
     assert result.exit_code == 2 and "already inactive" in result.stderr

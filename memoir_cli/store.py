@@ -1,0 +1,313 @@
+"""A pack's folder as a history: immutable versions over content-addressed data files.
+
+    PACK/manifest.json           the current version's manifest; replacing it is the commit
+    PACK/versions/000007.json    one record per version: its manifest, what changed, how to replay it
+    PACK/objects/<sha256>        the data files (safetensors, JSONL), named by their content
+    PACK/README.md               model card of the current version
+
+A commit writes the new objects, then the version record, then swaps `manifest.json` (each by
+write, fsync, rename). A crash before the swap leaves the previous version current, and the
+leftovers (objects, a record numbered past the current version) are swept by the next commit.
+
+Storage: a version's record always names the sha256 of each of its data files, but the files
+themselves are kept only for the current version and every `snapshot_every`-th version. Any
+other version is rebuilt on demand by replaying its records' operations from the nearest kept
+version and checked against those sha256 (see history.py). Files that do not change (the
+background features; the memory when only routing changed) are one object shared by all.
+
+Format 1 packs (flat: data files beside the manifest, no history) are read as version 1 and
+upgraded on their first commit.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ._version import __version__
+from .errors import PackBusyError, PackError
+from .pack import CARD_FILE, MANIFEST, Pack, file_sha256, model_card, read_pack, validate_manifest, write_data_files
+
+VERSIONS, OBJECTS = "versions", "objects"
+DEFAULT_SNAPSHOT_EVERY = 10
+_REF = re.compile(r"^(?P<path>.+)@v?(?P<version>\d+)$")
+
+
+@dataclass(frozen=True)
+class PackRef:
+    """A pack folder, and a version of it (None: the current one). Written `PATH` or `PATH@N`."""
+
+    path: Path
+    version: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}@{self.version}" if self.version is not None else str(self.path)
+
+
+def parse_ref(text: str | Path | PackRef) -> PackRef:
+    """`my-pack`, `my-pack@3` or `my-pack@v3`; a folder whose own name contains '@N' wins."""
+    if isinstance(text, PackRef):
+        return text
+    text = str(text)
+    match = _REF.match(text)
+    if match and not Path(text).exists():
+        return PackRef(Path(match["path"]), int(match["version"]))
+    return PackRef(Path(text))
+
+
+def is_committed(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def head_version(path: Path) -> int:
+    """The current version's number (a format 1 pack is version 1)."""
+    return read_manifest(path).get("version", 1)
+
+
+def read_manifest(path: Path) -> dict:
+    """The current manifest, validated against the schema before anything else is read."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PackError(f"{path}: no such pack (folder not found)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise PackError(f"{path}: not a memoir pack (no {MANIFEST})")
+    manifest = _read_json(manifest_path)
+    validate_manifest(manifest, manifest_path)
+    return manifest
+
+
+def read_record(path: Path, number: int) -> dict:
+    """Version `number`'s record; only versions up to the current one exist."""
+    head = head_version(path)
+    if not 1 <= number <= head:
+        raise PackError(f"{path}: no version {number} (versions are 1 to {head})")
+    file = path / VERSIONS / f"{number:06d}.json"
+    if not file.is_file():
+        if not (path / VERSIONS).is_dir() and number == 1:  # a format 1 pack: its one version
+            return {"version": 1, "parent": None, "created_at": read_manifest(path)["updated_at"], "kind": "import",
+                    "message": "format 1 pack", "changes": {}, "facts": [], "ops": [], "manifest": read_manifest(path)}
+        raise PackError(f"{file}: version record missing")
+    record = _read_json(file)
+    if not isinstance(record, dict) or record.get("version") != number or not isinstance(record.get("manifest"), dict):
+        raise PackError(f"{file}: not a valid version record")
+    validate_manifest(record["manifest"], file)
+    return record
+
+
+def records(path: Path) -> list[dict]:
+    """Every version's record, oldest first."""
+    return [read_record(path, n) for n in range(1, head_version(path) + 1)]
+
+
+def stored(path: Path, manifest: dict) -> bool:
+    """Whether all of a version's data files are on disk (else it must be replayed)."""
+    return all(_object_file(path, manifest, name).is_file() for name in manifest["files"])
+
+
+def load_pack(ref: str | Path | PackRef) -> Pack:
+    """The pack at `ref` (current version, or `@N` if its files are kept; see history.materialise)."""
+    ref = parse_ref(ref)
+    for attempt in range(3):
+        manifest = read_manifest(ref.path) if ref.version is None else read_record(ref.path, ref.version)["manifest"]
+        if not stored(ref.path, manifest):
+            if ref.version is None and attempt < 2:  # a writer committed and swept meanwhile: read again
+                time.sleep(0.05)
+                continue
+            raise NotStoredError(f"{ref}: this version's files are not kept; it is rebuilt by replaying its edits, "
+                                 "which needs the base model")
+        pack = read_pack(manifest, ref.path / MANIFEST, lambda name: _object_file(ref.path, manifest, name))
+        pack.path, pack.version = ref.path, manifest.get("version", 1)
+        pack.memory.name = ref.path.name if ref.version is None else f"{ref.path.name}@{ref.version}"
+        return pack
+    raise AssertionError("unreachable")
+
+
+class NotStoredError(PackError):
+    """The version exists but its data files were not kept: replay it (history.materialise)."""
+
+
+def commit(pack: Pack, path: Path, record: dict, snapshot_every: int | None = None) -> int:
+    """Write `pack` as the next version of the pack at `path` (created if needed); returns its number.
+
+    `record` says what changed: kind, message, changes, facts (the added facts, in full), ops.
+    The caller holds `pack_lock`.
+    """
+    path = Path(path)
+    refuse_foreign_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    previous = read_manifest(path) if is_committed(path) else None
+    if previous is not None and "version" not in previous:
+        _upgrade_format_1(path, previous)
+        previous = read_manifest(path)
+    number = previous["version"] + 1 if previous else 1
+    manifest = copy.deepcopy(pack.manifest)  # the pack changes only once the commit has happened
+    manifest["format_version"], manifest["tool_version"], manifest["version"] = 2, __version__, number
+    manifest["updated_at"] = _now()
+    if snapshot_every is not None:
+        manifest["snapshot_every"] = snapshot_every
+    manifest.setdefault("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+    manifest["counts"] = {"edits": len(pack.memory.bank), "active": int(pack.memory.bank.active.sum())}
+    manifest["files"] = _write_objects(pack, path)
+    record = {"version": number, "parent": number - 1 if previous else None, "created_at": manifest["updated_at"],
+              "tool_version": __version__, **record, "manifest": manifest}
+    _write_atomic(path / VERSIONS / f"{number:06d}.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    pause_point("commit:record")
+    _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    pause_point("commit:manifest")
+    _write_atomic(path / CARD_FILE, model_card(pack))
+    sweep(path)
+    pack.manifest, pack.path, pack.version = manifest, path, number
+    pack.memory.name = path.name
+    return number
+
+
+def kept_versions(head: int, snapshot_every: int) -> set[int]:
+    """Versions whose files stay on disk: the current one and every `snapshot_every`-th."""
+    return {head} | {n for n in range(snapshot_every, head + 1, snapshot_every)}
+
+
+def sweep(path: Path) -> None:
+    """Delete what no kept version needs: objects, records past the current version, staging leftovers."""
+    manifest = read_manifest(path)
+    head, every = manifest["version"], manifest.get("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+    needed = {entry["sha256"] for n in kept_versions(head, every)
+              for entry in read_record(path, n)["manifest"]["files"].values()}
+    for file in (path / OBJECTS).iterdir():
+        if file.name not in needed:
+            file.unlink()
+    for file in (path / VERSIONS).iterdir():
+        if not file.name.endswith(".json") or not file.stem.isdigit() or int(file.stem) > head:
+            file.unlink()
+    for leftover in path.glob(".staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Serialise writers of one pack with a lock file beside it (`.NAME.lock`).
+
+    A second writer waits (after telling `on_wait` why) or, with `wait=False`, fails at once.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise PackBusyError(f"{path}: another memoir process is writing this pack (rerun without --no-wait to wait)") from None
+        if on_wait:
+            on_wait(f"{path}: another memoir process is writing this pack; waiting for it to finish...")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def pause_point(name: str) -> None:
+    """Crash-test hook: with MEMOIR_PAUSE_AT=NAME[#N] the process stops here (the N-th time, default
+    the first), writes MEMOIR_PAUSE_FILE and sleeps, so a test can SIGKILL it at a known moment."""
+    wanted = os.environ.get("MEMOIR_PAUSE_AT")
+    if not wanted:
+        return
+    point, _, count = wanted.partition("#")
+    if point != name:
+        return
+    _PAUSE_HITS[name] = _PAUSE_HITS.get(name, 0) + 1
+    if _PAUSE_HITS[name] == int(count or 1):
+        Path(os.environ["MEMOIR_PAUSE_FILE"]).write_text(name)
+        while True:
+            time.sleep(1)
+
+
+_PAUSE_HITS: dict[str, int] = {}
+
+
+def _object_file(path: Path, manifest: dict, name: str) -> Path:
+    if manifest.get("format_version", 1) == 1:
+        return path / name
+    return path / OBJECTS / manifest["files"][name]["sha256"]
+
+
+def _write_objects(pack: Pack, path: Path) -> dict:
+    """Serialise the pack's data files into objects/ (a file already there is the same content);
+    returns their manifest entries."""
+    (path / OBJECTS).mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path))
+    try:
+        files = write_data_files(pack, staging)
+        for name, entry in files.items():
+            target = path / OBJECTS / entry["sha256"]
+            if not target.is_file() or file_sha256(target) != entry["sha256"]:
+                _fsync(staging / name)
+                os.replace(staging / name, target)
+        _fsync(path / OBJECTS)
+        pause_point("commit:objects")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return files
+
+
+def _upgrade_format_1(path: Path, manifest: dict) -> None:
+    """Make a flat format 1 pack version 1 of a history, then drop its flat files."""
+    pack = read_pack(manifest, path / MANIFEST, lambda name: path / name)
+    flat = list(manifest["files"])
+    manifest["format_version"], manifest["version"] = 2, 1
+    manifest.setdefault("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+    manifest["files"] = _write_objects(pack, path)
+    record = {"version": 1, "parent": None, "created_at": manifest["updated_at"], "tool_version": __version__,
+              "kind": "import", "message": "format 1 pack", "changes": {}, "facts": [], "ops": [], "manifest": manifest}
+    _write_atomic(path / VERSIONS / "000001.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    for name in flat:
+        (path / name).unlink(missing_ok=True)
+
+
+def refuse_foreign_folder(path: Path) -> None:
+    """Never write into a folder that is not a pack (an interrupted first commit is fine)."""
+    if not path.exists() or is_committed(path):
+        return
+    ours = {VERSIONS, OBJECTS}
+    if not path.is_dir() or any(p.name not in ours and not p.name.startswith(".staging-") for p in path.iterdir()):
+        raise PackError(f"{path} exists and is not a memoir pack; refusing to overwrite it")
+
+
+def _write_atomic(file: Path, text: str) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = file.parent / f".{file.name}.tmp-{os.getpid()}"
+    temporary.write_text(text)
+    _fsync(temporary)
+    os.replace(temporary, file)
+    _fsync(file.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PackError(f"{file}: not valid JSON ({error})") from None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
