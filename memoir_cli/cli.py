@@ -423,12 +423,12 @@ def log(
         out.print_json(json.dumps({"pack": str(pack), "versions": entries}))
         return
     table = Table(title=f"memoir log {pack}")
-    for column in ("version", "date", "kind", "message", "+added", "~replaced", "-deactivated", "active/edits", "kept"):
-        table.add_column(column, overflow="fold")
+    for column in ("v", "date (UTC)", "kind", "+add ~repl -deact", "active", "files", "message"):
+        table.add_column(column, overflow="fold", no_wrap=column != "message")
     for e in reversed(entries):
-        table.add_row(str(e["version"]), e["created_at"].replace("T", " ").replace("+00:00", "Z"), e["kind"] or "-",
-                      e["message"] or "", str(e["added"]), str(e["replaced"]), str(e["deactivated"]),
-                      f"{e['active']}/{e['edits']}", "yes" if e["stored"] else "[dim]replay[/]")
+        table.add_row(str(e["version"]), e["created_at"][:16].replace("T", " "), e["kind"] or "-",
+                      f"+{e['added']} ~{e['replaced']} -{e['deactivated']}", f"{e['active']}/{e['edits']}",
+                      "kept" if e["stored"] else "[dim]replay[/]", e["message"] or "")
     out.print(table)
 
 

@@ -87,10 +87,11 @@ def _conflicts_within(side: Side) -> list[dict]:
         return []
     bank, tau = side.pack.memory.bank, side.pack.memory.threshold
     masks = bank.masks[rows].float()
-    overlap = torch.triu((masks @ masks.T) / bank.k, diagonal=1)
-    pairs = (overlap >= tau).nonzero().tolist()
+    overlap = (masks @ masks.T) / bank.k
+    first, second = torch.triu_indices(len(rows), len(rows), offset=1)
+    close = overlap[first, second] >= tau
     return [{"a": bank.ids[rows[i]], "b": bank.ids[rows[j]], "overlap": round(float(overlap[i, j]), 4)}
-            for i, j in pairs]
+            for i, j in zip(first[close].tolist(), second[close].tolist())]
 
 
 def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:

@@ -118,15 +118,15 @@ def open_pack(ref: str | Path | PackRef, model_loader: ModelLoader | None = None
 def materialise(path: Path, number: int, model_loader: ModelLoader) -> Pack:
     """Version `number` of the pack at `path`, replayed from the nearest earlier kept version."""
     chain = []
-    while True:
+    while number > 0:
         try:
             pack = load_pack(PackRef(path, number))
             break
         except NotStoredError:
             chain.append(read_record(path, number))
             number -= 1
-            if number == 0:
-                raise PackError(f"{path}: no kept version to replay from") from None
+    else:  # replay from the empty memory; permutation and background are the same in every version
+        pack = _empty_like(load_pack(path))
     loaded = model_loader(pack)
     for record in reversed(chain):
         pack = replay(pack, record, loaded, path, model_loader)

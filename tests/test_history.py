@@ -1,0 +1,183 @@
+"""Versions: log, PACK@N, rollback (bit-identical), replay of dropped versions, rebuild, diff."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from memoir_cli.cli import app
+from memoir_cli.history import open_pack
+from memoir_cli.models import load_model
+from memoir_cli.store import load_pack, read_record
+
+from .conftest import FACTS
+from .helpers import tree
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def ok(*args):
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if "--json" in args else result
+
+
+def write_facts(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def history(tmp_path, model_dir):
+    """Version 1: two facts; 2: a third; 3: the first retargeted; 4: the second reverted."""
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 2,
+       "--message", "first two", "--json")
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 2, "--json")
+    ok("edit", write_facts(tmp_path / "c.jsonl", [{"id": "f-paris-2", "prompt": FACTS[0]["prompt"], "target": "Rome"}]),
+       "--pack", pack, "--steps", 2, "--json")
+    ok("revert", pack, FACTS[1]["id"], "--message", "wrong colour", "--json")
+    return pack
+
+
+def loader(model_dir):
+    loaded = load_model(str(model_dir))
+    return lambda _pack: loaded
+
+
+def test_each_change_is_a_version_that_log_lists_with_what_it_did(history):
+    versions = ok("log", history, "--json")["versions"]
+    assert [v["version"] for v in versions] == [1, 2, 3, 4]
+    assert [v["kind"] for v in versions] == ["edit", "edit", "edit", "revert"]
+    assert versions[0]["message"] == "first two" and versions[3]["message"] == "wrong colour"
+    assert [(v["added"], v["replaced"], v["deactivated"]) for v in versions] == [(2, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    assert [(v["edits"], v["active"]) for v in versions] == [(2, 2), (3, 3), (4, 3), (4, 2)]
+    assert [v["stored"] for v in versions] == [False, False, False, True]  # only the current one, at 1 in 10
+    assert versions[1]["stats"]["columns_touched"] == 37  # one fact: its k columns
+    text = ok("log", history).stdout
+    assert "revert" in text and "wrong" in text and "+1 ~0 -0" in text
+
+
+def test_rerunning_a_nightly_job_with_nothing_new_adds_no_version(history, tmp_path):
+    before = tree(history)
+    summary = ok("edit", tmp_path / "b.jsonl", "--pack", history, "--json")
+    assert summary["versions"] == [] and tree(history) == before
+
+
+def test_pack_at_n_names_a_version_for_show_and_apply(history, model_dir):
+    shown = ok("show", f"{history}@2", "--model", model_dir, "--json")
+    assert shown["version"] == 2 and [f["id"] for f in shown["facts"]] == [f["id"] for f in FACTS]
+    prompt = FACTS[1]["prompt"]
+    then = ok("apply", f"{history}@2", "--prompt", prompt, "--max-new-tokens", 1, "--json")
+    now = ok("apply", history, "--prompt", prompt, "--max-new-tokens", 1, "--json")
+    assert then[0]["edit_id"] == FACTS[1]["id"] and now[0]["edit_id"] is None
+
+
+def test_a_dropped_version_is_replayed_bit_identically(tmp_path, model_dir):
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 3, "--json")
+    first = load_pack(pack)
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 3, "--json")
+    with pytest.raises(Exception, match="not kept"):
+        load_pack(f"{pack}@1")
+    replayed = open_pack(f"{pack}@1", loader(model_dir))
+    assert torch.equal(replayed.memory.weight, first.memory.weight)
+    assert torch.equal(replayed.memory.bank.masks, first.memory.bank.masks) and replayed.facts == first.facts
+
+
+def test_a_replay_that_does_not_reproduce_the_version_is_refused(tmp_path, model_dir):
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 3, "--json")
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 3, "--json")
+    record_file = pack / "versions" / "000001.json"
+    record = json.loads(record_file.read_text())
+    record["facts"][0]["target"] = "somewhere else"  # the record no longer says what was done
+    record_file.write_text(json.dumps(record))
+    result = run("show", f"{pack}@1", "--model", model_dir)
+    assert result.exit_code == 3 and "did not reproduce it" in result.stderr
+
+
+@pytest.mark.parametrize("snapshot_every", [None, 1])
+def test_rollback_makes_version_n_current_bit_identically_as_a_new_version(tmp_path, model_dir, snapshot_every):
+    pack = tmp_path / "pack"
+    kept = ["--snapshot-every", snapshot_every] if snapshot_every else []
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 2,
+       *kept, "--json")
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 2, "--json")
+    ok("revert", pack, FACTS[0]["id"], "--json")
+    result = ok("rollback", pack, "--to", 1, "--model", model_dir, "--json")
+    assert result["version"] == 4
+    files_now = json.loads((pack / "manifest.json").read_text())["files"]
+    assert files_now == read_record(pack, 1)["manifest"]["files"]  # same sha256: bit-identical files
+    log = ok("log", pack, "--json")["versions"]
+    assert [v["kind"] for v in log] == ["edit", "edit", "revert", "rollback"] and log[3]["restored"] == 1
+    assert load_pack(pack).memory.bank.ids == [f["id"] for f in FACTS[:2]]
+
+
+def test_rollback_to_the_current_or_an_unknown_version_is_refused_and_changes_nothing(history, model_dir):
+    before = tree(history)
+    for to, code, words in ((4, 2, "already the current version"), (9, 3, "no version 9")):
+        result = run("rollback", history, "--to", to, "--model", model_dir)
+        assert result.exit_code == code and words in result.stderr
+    assert tree(history) == before
+
+
+def test_rebuild_equals_editing_the_active_facts_into_a_fresh_pack(history, tmp_path, model_dir):
+    ok("rebuild", history, "--json")
+    rebuilt = load_pack(history)
+    active = [f.to_json() for f in rebuilt.facts]
+    assert [f["id"] for f in active] == [FACTS[2]["id"], "f-paris-2"]  # reverted and replaced edits dropped
+    fresh = tmp_path / "fresh"
+    ok("edit", write_facts(tmp_path / "active.jsonl", active), "--pack", fresh, "--model", model_dir, "--steps", 2, "--json")
+    again = load_pack(fresh)
+    assert rebuilt.manifest["files"] == again.manifest["files"]  # bit-identical data files
+    assert ok("log", history, "--json")["versions"][-1]["kind"] == "rebuild"
+
+
+def test_diff_of_two_versions_lists_facts_settings_and_memory_change(history, model_dir):
+    report = ok("diff", f"{history}@1", history, "--model", model_dir, "--json")
+    facts = report["facts"]
+    assert [f["id"] for f in facts["added"]] == [FACTS[2]["id"]]
+    assert [f["id"] for f in facts["removed"]] == [FACTS[1]["id"]]
+    assert facts["retargeted"] == [{"prompt": FACTS[0]["prompt"], "id_a": FACTS[0]["id"], "id_b": "f-paris-2",
+                                    "target_a": "Paris", "target_b": "Rome"}]
+    assert 0 < report["memory"]["columns_touched"] <= 128 and report["memory"]["norm"] > 0
+    assert report["settings"] == [] and report["stacked"] is False
+    text = run("diff", f"{history}@1", history, "--model", model_dir).stdout
+    assert "retargeted" in text and "Paris -> Rome" in text
+
+
+def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, model_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--pack", b, "--model", model_dir, "--steps", 1,
+       "--threshold", 0.0, "--json")
+    report = ok("diff", a, b, "--json")
+    assert report["stacked"] is True
+    assert [(c["a"], c["b"]) for c in report["conflicts"]["within_b"]] == [(FACTS[1]["id"], FACTS[2]["id"])]
+    assert report["conflicts"]["within_b"][0]["new"] is True
+    assert {c["b"] for c in report["conflicts"]["across"]} == {FACTS[1]["id"], FACTS[2]["id"]}
+    assert report["settings"] == [{"setting": "threshold", "a": 0.5, "b": 0.0}]
+
+
+def test_diff_across_packs_with_another_seed_hashes_prompts_with_the_base_model(tmp_path, model_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[:1]), "--pack", b, "--model", model_dir, "--steps", 1,
+       "--seed", 7, "--json")
+    report = ok("diff", a, b, "--model", model_dir, "--json")
+    assert [(c["a"], c["b"], c["overlap"]) for c in report["conflicts"]["across"]] == [(FACTS[0]["id"], FACTS[0]["id"], 1.0)]
+
+
+def test_diff_refuses_packs_of_different_base_models_unless_forced(tmp_path, model_dir, other_model_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[:1]), "--pack", b, "--model", other_model_dir, "--steps", 1, "--json")
+    result = run("diff", a, b)
+    assert result.exit_code == 3 and "different base models" in result.stderr and "--force" in result.stderr
+    assert ok("diff", a, b, "--force", "--model", model_dir, "--json")["same_base_model"] is False
