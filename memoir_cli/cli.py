@@ -198,7 +198,7 @@ def _check_limit(limit: int | None) -> None:
 
 
 def _say_waiting(message: str) -> None:
-    err.print(f"[yellow]{message}[/]", highlight=False)
+    err.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
 
 
 def _warn_skipped(problem: str) -> None:

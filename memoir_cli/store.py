@@ -219,7 +219,8 @@ def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None
 
 def pause_point(name: str) -> None:
     """Crash-test hook: with MEMOIR_PAUSE_AT=NAME[#N] the process stops here (the N-th time, default
-    the first), writes MEMOIR_PAUSE_FILE and sleeps, so a test can SIGKILL it at a known moment."""
+    the first), writes MEMOIR_PAUSE_FILE and waits until that file is deleted, so a test can SIGKILL
+    it at a known moment, or let it go on while another process runs."""
     wanted = os.environ.get("MEMOIR_PAUSE_AT")
     if not wanted:
         return
@@ -228,9 +229,10 @@ def pause_point(name: str) -> None:
         return
     _PAUSE_HITS[name] = _PAUSE_HITS.get(name, 0) + 1
     if _PAUSE_HITS[name] == int(count or 1):
-        Path(os.environ["MEMOIR_PAUSE_FILE"]).write_text(name)
-        while True:
-            time.sleep(1)
+        signal_file = Path(os.environ["MEMOIR_PAUSE_FILE"])
+        signal_file.write_text(name)
+        while signal_file.exists():
+            time.sleep(0.05)
 
 
 _PAUSE_HITS: dict[str, int] = {}
