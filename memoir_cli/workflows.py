@@ -141,7 +141,7 @@ def model_spec_for(pack: Pack) -> str:
 def edit_pack(
     facts: list[Fact],
     pack_path: str | Path,
-    model_spec: str | None = None,
+    model_spec: str | LoadedModel | None = None,
     options: EditOptions = EditOptions(),
     on_start: Callable[[int], None] | None = None,
     on_step: Callable[[int, Fact, int, float], None] | None = None,
@@ -193,8 +193,11 @@ class _EditRun:
 
     def execute(self, model_spec, on_start, on_step, on_fact, start) -> EditSummary:
         plan, options = self.plan, self.options
-        loaded = load_model(model_spec or (model_spec_for(self.existing) if self.existing else None),
-                            options.device, options.dtype)
+        if isinstance(model_spec, LoadedModel):  # a script editing many times in one process loads once
+            loaded = model_spec
+        else:
+            loaded = load_model(model_spec or (model_spec_for(self.existing) if self.existing else None),
+                                options.device, options.dtype)
         pack = self.existing or create_pack(loaded, options)
         settings_changed = _update_settings(pack, options)
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Nightly knowledge refresh: edit today's facts into a pack as a new version, score it, and keep
+# it only if quality holds; otherwise roll the pack back to yesterday's state and fail.
+#
+#   examples/nightly_refresh.sh FACTS.jsonl
+#
+# In cron (02:15 every night, one log per month):
+#   15 2 * * * cd /srv/memoir && examples/nightly_refresh.sh facts/$(date +\%F).jsonl >> logs/refresh-$(date +\%Y-\%m).log 2>&1
+#
+# Settings (environment):
+#   MEMOIR_PACK        pack folder                       (default: packs/knowledge)
+#   MEMOIR_MODEL       base model for a new pack         (default: the built-in SmolLM2-135M-Instruct)
+#   MEMOIR_EVAL_DATA   records to score (facts JSONL or ZsRE JSON with rephrasings and locality
+#                      prompts); default: the pack's own active facts
+#   MEMOIR_EVAL_LIMIT  score at most this many records   (default: all)
+#   MEMOIR_MIN_REL     lowest acceptable reliability     (default: 0.90)
+#   MEMOIR_MIN_LOC     lowest acceptable locality        (default: 0.95)
+#   MEMOIR_HUB_REPO    Hub repo to pull from and push to (needs `memoir pull/push`; default: local only)
+#
+# Exit codes: 0 refreshed (or nothing new), 2 bad facts file (the pack is untouched), 5 another
+# refresh is running, 10 quality below the bar (the pack was rolled back), others: memoir's own.
+set -euo pipefail
+
+FACTS=${1:?usage: nightly_refresh.sh FACTS.jsonl}
+PACK=${MEMOIR_PACK:-packs/knowledge}
+MIN_REL=${MEMOIR_MIN_REL:-0.90}
+MIN_LOC=${MEMOIR_MIN_LOC:-0.95}
+PYTHON=${PYTHON:-python3}
+TODAY=$(date -u +%F)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+say() { echo "[$(date -u +%FT%TZ)] $*"; }
+field() { "$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+
+if [[ -n "${MEMOIR_HUB_REPO:-}" && ! -d "$PACK" ]]; then
+    say "pulling $MEMOIR_HUB_REPO"
+    memoir pull "$MEMOIR_HUB_REPO" --to "$PACK"
+fi
+
+memoir validate "$FACTS"
+before=0
+if [[ -f "$PACK/manifest.json" ]]; then
+    memoir log "$PACK" --json > "$WORK/log.json"
+    before=$(field "$WORK/log.json" '["versions"][-1]["version"]')
+fi
+
+say "editing $FACTS into $PACK (now at version $before)"
+model_args=()
+[[ -n "${MEMOIR_MODEL:-}" ]] && model_args=(--model "$MEMOIR_MODEL")
+memoir edit "$FACTS" --pack "$PACK" "${model_args[@]}" --message "nightly refresh $TODAY" \
+    --checkpoint-every 50 --json > "$WORK/edit.json"
+if [[ $(field "$WORK/edit.json" '["versions"]') == "[]" ]]; then
+    say "nothing new in $FACTS; $PACK stays at version $before"
+    exit 0
+fi
+say "edited $(field "$WORK/edit.json" '["edited"]') fact(s), replaced $(field "$WORK/edit.json" '["replaced"]')," \
+    "skipped $(field "$WORK/edit.json" '["skipped"]')"
+
+eval_args=(--json)
+[[ -n "${MEMOIR_EVAL_DATA:-}" ]] && eval_args+=(--data "$MEMOIR_EVAL_DATA")
+[[ -n "${MEMOIR_EVAL_LIMIT:-}" ]] && eval_args+=(--limit "$MEMOIR_EVAL_LIMIT")
+memoir eval "$PACK" "${eval_args[@]}" > "$WORK/eval.json"
+rel=$(field "$WORK/eval.json" '["scores"]["rel"]')
+loc=$(field "$WORK/eval.json" '["scores"]["loc"]')
+say "scores: reliability $rel (bar $MIN_REL), locality $loc (bar $MIN_LOC)"
+
+if ! "$PYTHON" -c "import sys; r, l, mr, ml = sys.argv[1:]; sys.exit(not (float(r) >= float(mr) and (l == 'None' or float(l) >= float(ml))))" \
+        "$rel" "$loc" "$MIN_REL" "$MIN_LOC"; then
+    if (( before > 0 )); then
+        memoir rollback "$PACK" --to "$before" --message "nightly refresh $TODAY rejected: rel $rel, loc $loc"
+        say "quality below the bar: $PACK is back at version $before's state"
+    else
+        say "quality below the bar: the new pack $PACK is kept for inspection, not pushed"
+    fi
+    exit 10
+fi
+
+if [[ -n "${MEMOIR_HUB_REPO:-}" ]]; then
+    memoir push "$PACK" "$MEMOIR_HUB_REPO" --message "nightly refresh $TODAY"
+fi
+say "kept: $PACK is at version $(memoir log "$PACK" --json | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["versions"][-1]["version"])')"

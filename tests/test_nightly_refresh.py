@@ -1,0 +1,59 @@
+"""examples/nightly_refresh.sh, run as cron would: keep a good refresh, roll back a bad one."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memoir_cli.history import log
+from memoir_cli.store import load_pack, read_record
+
+from .conftest import FACTS
+
+SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "nightly_refresh.sh"
+
+
+def refresh(facts: Path, pack: Path, model_dir: Path, **settings) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MEMOIR_PACK=str(pack), MEMOIR_MODEL=str(model_dir), PYTHON=sys.executable,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.update({"MEMOIR_MIN_REL": "0.5", **settings})  # a random tiny model fits 30 steps less well than a real one
+    return subprocess.run(["bash", str(SCRIPT), str(facts)], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def nights(tmp_path):
+    first, second = tmp_path / "night1.jsonl", tmp_path / "night2.jsonl"
+    first.write_text("".join(json.dumps(f) + "\n" for f in FACTS[:2]))
+    second.write_text(json.dumps(FACTS[2]) + "\n")
+    return first, second
+
+
+def test_a_good_refresh_is_kept_and_rerunning_it_changes_nothing(tmp_path, nights, model_dir):
+    pack = tmp_path / "pack"
+    done = refresh(nights[0], pack, model_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kept: " in done.stdout and [v["message"] for v in log(pack)][0].startswith("nightly refresh")
+    again = refresh(nights[0], pack, model_dir)
+    assert again.returncode == 0 and "nothing new" in again.stdout and len(log(pack)) == 1
+
+
+def test_a_refresh_below_the_bar_is_rolled_back_and_fails(tmp_path, nights, model_dir):
+    pack = tmp_path / "pack"
+    assert refresh(nights[0], pack, model_dir).returncode == 0
+    bad = refresh(nights[1], pack, model_dir, MEMOIR_MIN_REL="1.01")
+    assert bad.returncode == 10, bad.stdout + bad.stderr
+    assert "quality below the bar" in bad.stdout
+    assert [v["kind"] for v in log(pack)] == ["edit", "edit", "rollback"]
+    assert load_pack(pack).manifest["files"] == read_record(pack, 1)["manifest"]["files"]
+
+
+def test_a_bad_facts_file_exits_2_and_leaves_the_pack_alone(tmp_path, nights, model_dir):
+    pack = tmp_path / "pack"
+    assert refresh(nights[0], pack, model_dir).returncode == 0
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "no target"}\n')
+    result = refresh(broken, pack, model_dir)
+    assert result.returncode == 2 and "'target' is required" in result.stderr
+    assert len(log(pack)) == 1
