@@ -40,6 +40,17 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")]
+def _folder_not_version(value: Path) -> Path:
+    """Commands that write (or list) a pack take its folder: a version `PACK@N` is read-only."""
+    from .store import parse_ref
+
+    ref = parse_ref(value)
+    if ref.version is not None:
+        raise typer.BadParameter(f"{value} names version {ref.version}, and versions never change: give the pack "
+                                 f"folder {ref.path} (memoir rollback {ref.path} --to {ref.version} restores it)")
+    return value
+
+
 MessageOpt = Annotated[Optional[str], typer.Option("--message", help="Why: recorded with the new version (memoir log).")]
 PacksArg = Annotated[list[str], typer.Argument(help="Packs (PATH, or PATH@N for version N); stacked, the best-matching edit wins.")]
 
@@ -100,7 +111,8 @@ def validate(
 @_handles_errors
 def edit(
     facts: Annotated[Path, typer.Argument(help="Facts to add: JSONL (see schemas/fact.schema.json) or ZsRE JSON.")],
-    pack: Annotated[Path, typer.Option("--pack", "-p", help="Pack folder to create, or to add a version to.")],
+    pack: Annotated[Path, typer.Option("--pack", "-p", help="Pack folder to create, or to add a version to.",
+                                       callback=_folder_not_version)],
     model: ModelOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, zsre or auto (by extension).")] = "auto",
     skip_invalid: Annotated[bool, typer.Option(help="Leave out bad records (each reported) instead of refusing the file.")] = False,
@@ -263,7 +275,7 @@ def _interactive(session, max_new_tokens: int, compare: bool) -> None:
 @app.command()
 @_handles_errors
 def revert(
-    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    pack: Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)],
     edit_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of the edits to deactivate.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Deactivate the active edit of this exact prompt (repeatable).")] = None,
     message: MessageOpt = None,
@@ -409,7 +421,7 @@ def _model_loader(model: str | None, device: str, dtype: str):
 @app.command()
 @_handles_errors
 def log(
-    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    pack: Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)],
     as_json: JsonOpt = False,
 ) -> None:
     """List a pack's versions, newest first: what each added, replaced and deactivated, and why.
@@ -435,7 +447,7 @@ def log(
 @app.command()
 @_handles_errors
 def rollback(
-    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    pack: Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)],
     to: Annotated[int, typer.Option("--to", help="Version whose state becomes current again.")],
     message: MessageOpt = None,
     model: ModelOpt = None,
@@ -462,7 +474,7 @@ def rollback(
 @app.command()
 @_handles_errors
 def rebuild(
-    pack: Annotated[Path, typer.Argument(help="Pack folder.")],
+    pack: Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)],
     message: MessageOpt = None,
     model: ModelOpt = None,
     no_wait: NoWaitOpt = False,

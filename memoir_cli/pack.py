@@ -233,12 +233,13 @@ def read_pack(manifest: dict, where: Path, file_for: Callable[[str], Path]) -> P
     return Pack(manifest=manifest, memory=memory, facts=facts)
 
 
-def validate_manifest(manifest: dict, where: Path) -> None:
-    validator = jsonschema.Draft202012Validator(load_schema("pack.schema.json"))
-    error = next(iter(sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))), None)
+def validate_document(document, where: Path, schema: str = "pack.schema.json", what: str = "manifest") -> None:
+    """Check a manifest (or, with `schema`, another pack document) before anything trusts it."""
+    validator = jsonschema.Draft202012Validator(load_schema(schema))
+    error = next(iter(sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))), None)
     if error is not None:
         field = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise PackError(f"{where}: invalid manifest at '{field}': {error.message}")
+        raise PackError(f"{where}: invalid {what} at '{field}': {error.message}")
 
 
 def model_card(pack: Pack) -> str:
@@ -256,7 +257,7 @@ def model_card(pack: Pack) -> str:
         "---\n\n"
         f"# memoir edit pack\n\n"
         f"A MEMOIR residual memory for `{base}` holding {n} edit(s) "
-        f"({int(pack.memory.bank.active.sum())} active), at `{m['layer']['path']}`.\n\n"
+        f"({int(pack.memory.bank.active.sum())} active), at `{m['layer']['path']}`; version {m.get('version', 1)}.\n\n"
         f"Settings: k = {m['tophash']['k']} of {m['layer']['d_ff']}, threshold = {m['routing']['threshold']}, "
         f"seed = {m['tophash']['seed']}.\n\n"
         f"Some facts:\n{examples}\n\n"

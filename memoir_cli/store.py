@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 from ._version import __version__
 from .errors import PackBusyError, PackError
-from .pack import CARD_FILE, MANIFEST, Pack, file_sha256, model_card, read_pack, validate_manifest, write_data_files
+from .pack import CARD_FILE, MANIFEST, Pack, file_sha256, model_card, read_pack, validate_document, write_data_files
 
 VERSIONS, OBJECTS = "versions", "objects"
 DEFAULT_SNAPSHOT_EVERY = 10
@@ -82,7 +82,7 @@ def read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise PackError(f"{path}: not a memoir pack (no {MANIFEST})")
     manifest = _read_json(manifest_path)
-    validate_manifest(manifest, manifest_path)
+    validate_document(manifest, manifest_path)
     return manifest
 
 
@@ -98,9 +98,10 @@ def read_record(path: Path, number: int) -> dict:
                     "message": "format 1 pack", "changes": {}, "facts": [], "ops": [], "manifest": read_manifest(path)}
         raise PackError(f"{file}: version record missing")
     record = _read_json(file)
-    if not isinstance(record, dict) or record.get("version") != number or not isinstance(record.get("manifest"), dict):
-        raise PackError(f"{file}: not a valid version record")
-    validate_manifest(record["manifest"], file)
+    validate_document(record, file, "version.schema.json", "version record")
+    if record["version"] != number:
+        raise PackError(f"{file}: holds version {record['version']}, not {number}")
+    validate_document(record["manifest"], file)
     return record
 
 
@@ -164,10 +165,10 @@ def commit(pack: Pack, path: Path, record: dict, snapshot_every: int | None = No
     pause_point("commit:record")
     _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     pause_point("commit:manifest")
-    _write_atomic(path / CARD_FILE, model_card(pack))
-    sweep(path)
     pack.manifest, pack.path, pack.version = manifest, path, number
     pack.memory.name = path.name
+    _write_atomic(path / CARD_FILE, model_card(pack))
+    sweep(path)
     return number
 
 

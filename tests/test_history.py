@@ -181,3 +181,26 @@ def test_diff_refuses_packs_of_different_base_models_unless_forced(tmp_path, mod
     result = run("diff", a, b)
     assert result.exit_code == 3 and "different base models" in result.stderr and "--force" in result.stderr
     assert ok("diff", a, b, "--force", "--model", model_dir, "--json")["same_base_model"] is False
+
+
+def test_eval_scores_a_named_version(history, model_dir):
+    then = ok("eval", f"{history}@2", "--model", model_dir, "--json")
+    now = ok("eval", history, "--json")
+    assert then["records"] == 3 and now["records"] == 2  # version 2's active facts, and today's
+
+
+def test_writing_commands_refuse_a_version_name_and_create_nothing(history, tmp_path):
+    for args in (["revert", f"{history}@2", FACTS[2]["id"]], ["rollback", f"{history}@2", "--to", 1],
+                 ["edit", tmp_path / "b.jsonl", "--pack", f"{history}@2"]):
+        result = run(*args)
+        assert result.exit_code == 2 and "versions never change" in result.output
+    assert not (tmp_path / "pack@2").exists() and len(ok("log", history, "--json")["versions"]) == 4
+
+
+def test_a_tampered_version_record_is_named(history):
+    record = history / "versions" / "000002.json"
+    data = json.loads(record.read_text())
+    data["ops"] = [["explode", 3, 4]]
+    record.write_text(json.dumps(data))
+    result = run("log", history)
+    assert result.exit_code == 3 and f"{record}: invalid version record at 'ops/0'" in result.stderr
