@@ -172,17 +172,19 @@ def commit(pack: Pack, path: Path, record: dict, snapshot_every: int | None = No
     return number
 
 
-def kept_versions(head: int, snapshot_every: int) -> set[int]:
-    """Versions whose files stay on disk: the current one and every `snapshot_every`-th."""
-    return {head} | {n for n in range(snapshot_every, head + 1, snapshot_every)}
+def kept_versions(path: Path) -> set[int]:
+    """Versions whose files stay on disk: the current one, every `snapshot_every`-th, and any that
+    cannot be replayed (an imported format 1 pack: its edits were not recorded)."""
+    manifest = read_manifest(path)
+    head, every = manifest["version"], manifest.get("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+    imported = {n for n in range(1, head + 1) if read_record(path, n)["kind"] == "import"}
+    return {head} | set(range(every, head + 1, every)) | imported
 
 
 def sweep(path: Path) -> None:
     """Delete what no kept version needs: objects, records past the current version, staging leftovers."""
-    manifest = read_manifest(path)
-    head, every = manifest["version"], manifest.get("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
-    needed = {entry["sha256"] for n in kept_versions(head, every)
-              for entry in read_record(path, n)["manifest"]["files"].values()}
+    head = read_manifest(path)["version"]
+    needed = {entry["sha256"] for n in kept_versions(path) for entry in read_record(path, n)["manifest"]["files"].values()}
     for file in (path / OBJECTS).iterdir():
         if file.name not in needed:
             file.unlink()

@@ -139,6 +139,7 @@ def test_a_format_1_pack_is_read_as_version_1_and_upgraded_on_its_next_commit(sa
     save_pack(old, flat)
     assert [e["version"] for e in log(flat)] == [1, 2]
     assert store.read_record(flat, 1)["manifest"]["files"] == manifest["files"]  # version 1 is the old pack
+    assert torch.equal(load_pack(f"{flat}@1").memory.weight, pack.memory.weight)  # kept: it cannot be replayed
     assert not (flat / "memory.safetensors").exists()
 
 
