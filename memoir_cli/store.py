@@ -15,8 +15,9 @@ other version is rebuilt on demand by replaying its records' operations from the
 version and checked against those sha256 (see history.py). Files that do not change (the
 background features; the memory when only routing changed) are one object shared by all.
 
-Format 1 packs (flat: data files beside the manifest, no history) are read as version 1 and
-upgraded on their first commit.
+Flat packs (data files beside the manifest: format 1 packs, which have no history, and packs
+pulled from the Hub, which carry the records of their versions) are read as they are and move
+into the object layout on their first commit.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from typing import Callable, Iterator
 
 from ._version import __version__
 from .errors import PackBusyError, PackError
-from .pack import CARD_FILE, MANIFEST, Pack, file_sha256, model_card, read_pack, validate_document, write_data_files
+from .pack import CARD_FILE, DATA_FILES, MANIFEST, Pack, file_sha256, model_card, read_pack, validate_document, write_data_files
 
 VERSIONS, OBJECTS = "versions", "objects"
 DEFAULT_SNAPSHOT_EVERY = 10
@@ -111,7 +112,10 @@ def records(path: Path) -> list[dict]:
 
 
 def stored(path: Path, manifest: dict) -> bool:
-    """Whether all of a version's data files are on disk (else it must be replayed)."""
+    """Whether all of a version's data files are on disk (else it must be replayed). A flat pack
+    holds only its current version's."""
+    if _is_flat(path, manifest):
+        return manifest.get("version", 1) == head_version(path)
     return all(_object_file(path, manifest, name).is_file() for name in manifest["files"])
 
 
@@ -147,8 +151,8 @@ def commit(pack: Pack, path: Path, record: dict, snapshot_every: int | None = No
     refuse_foreign_folder(path)
     path.mkdir(parents=True, exist_ok=True)
     previous = read_manifest(path) if is_committed(path) else None
-    if previous is not None and "version" not in previous:
-        _upgrade_format_1(path, previous)
+    if previous is not None and _is_flat(path, previous):
+        _adopt_flat(path, previous)
         previous = read_manifest(path)
     number = previous["version"] + 1 if previous else 1
     manifest = copy.deepcopy(pack.manifest)  # the pack changes only once the commit has happened
@@ -242,7 +246,7 @@ _PAUSE_HITS: dict[str, int] = {}
 
 
 def _object_file(path: Path, manifest: dict, name: str) -> Path:
-    if manifest.get("format_version", 1) == 1:
+    if _is_flat(path, manifest):
         return path / name
     return path / OBJECTS / manifest["files"][name]["sha256"]
 
@@ -266,19 +270,34 @@ def _write_objects(pack: Pack, path: Path) -> dict:
     return files
 
 
-def _upgrade_format_1(path: Path, manifest: dict) -> None:
-    """Make a flat format 1 pack version 1 of a history, then drop its flat files."""
-    pack = read_pack(manifest, path / MANIFEST, lambda name: path / name)
-    flat = list(manifest["files"])
-    manifest["format_version"], manifest["version"] = 2, 1
-    manifest.setdefault("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
-    manifest["files"] = _write_objects(pack, path)
-    record = {"version": 1, "parent": None, "created_at": manifest["updated_at"], "tool_version": __version__,
-              "kind": "import", "message": "format 1 pack", "changes": {}, "facts": [], "ops": [], "manifest": manifest}
-    _write_atomic(path / VERSIONS / "000001.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    for name in flat:
+def _adopt_flat(path: Path, manifest: dict) -> None:
+    """Move a flat pack (format 1, or a version pulled from the Hub) into the object layout.
+
+    The objects folder appears whole (one rename), so a crash leaves either layout readable.
+    """
+    read_pack(manifest, path / MANIFEST, lambda name: path / name)  # every file checked before it is adopted
+    if not (path / OBJECTS).is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path))
+        for name, entry in manifest["files"].items():
+            shutil.copyfile(path / name, staging / entry["sha256"])
+            _fsync(staging / entry["sha256"])
+        os.rename(staging, path / OBJECTS)
+        _fsync(path)
+    if "version" not in manifest:  # format 1: its state becomes version 1 of a history
+        manifest.update(format_version=2, version=1)
+        manifest.setdefault("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+        record = {"version": 1, "parent": None, "created_at": manifest["updated_at"], "tool_version": __version__,
+                  "kind": "import", "message": "format 1 pack", "changes": {}, "facts": [], "ops": [],
+                  "manifest": manifest}
+        _write_atomic(path / VERSIONS / "000001.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    for name in DATA_FILES:
         (path / name).unlink(missing_ok=True)
+
+
+def _is_flat(path: Path, manifest: dict) -> bool:
+    """Data files beside the manifest: format 1, or a pack exported for the Hub (no objects/ folder)."""
+    return manifest.get("format_version", 1) == 1 or not (path / OBJECTS).is_dir()
 
 
 def refuse_foreign_folder(path: Path) -> None:
