@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (facts file, arguments), 3 pack problem
 (missing, corrupt, tampered, made for another model), 4 model problem (cannot load, unsupported),
-5 pack busy (--no-wait), 130 interrupted.
+5 pack busy (--no-wait), 6 Hub problem (not found, no token, offline, network), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def _folder_not_version(value: Path) -> Path:
 
 
 MessageOpt = Annotated[Optional[str], typer.Option("--message", help="Why: recorded with the new version (memoir log).")]
-PacksArg = Annotated[list[str], typer.Argument(help="Packs (PATH, or PATH@N for version N); stacked, the best-matching edit wins.")]
+PacksArg = Annotated[list[str], typer.Argument(help="Packs: PATH, PATH@N (version N), or a Hub repo user/pack[@vN]; "
+                                                   "stacked, the best-matching edit wins.")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", help="Hugging Face token (default: HF_TOKEN or the saved login).")]
 
 
 def _handles_errors(command: Callable) -> Callable:
@@ -328,12 +330,22 @@ def eval_(
     if not facts:
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")
     report = session.evaluate(facts, check_generation=generate, baseline=baseline, batch_size=batch_size)
+    _remember_scores(packs, session, report, data)
     if out_file:
         out_file.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if as_json:
         out.print_json(json.dumps(report.summary()))
         return
     _render_eval(report, [p.memory.threshold for p in session.packs])
+
+
+def _remember_scores(refs: list[str], session, report, data: Path | None) -> None:
+    """One local pack at its current version: keep the scores for its model card (memoir push)."""
+    from .hub import remember_scores
+    from .store import parse_ref
+
+    if len(refs) == 1 and parse_ref(refs[0]).version is None and session.packs[0].path == parse_ref(refs[0]).path:
+        remember_scores(session.packs[0].path, session.packs[0].version, report.summary(), str(data) if data else None)
 
 
 def _render_eval(report, thresholds: list[float]) -> None:
@@ -518,10 +530,10 @@ def diff(
     """
     from .diff import Side, diff as compare
     from .history import open_pack
-    from .store import parse_ref
+    from .hub import resolve_reference
 
     loader = _model_loader(model, device, dtype)
-    ref_a, ref_b = parse_ref(a), parse_ref(b)
+    (ref_a, _), (ref_b, _) = resolve_reference(a), resolve_reference(b)
     stacked = ref_a.path.resolve() != ref_b.path.resolve()
     report = compare(Side(a, open_pack(ref_a, loader)), Side(b, open_pack(ref_b, loader)), stacked, force, loader)
     if as_json:
@@ -561,6 +573,67 @@ def _render_diff(report: dict) -> None:
         details.add_row("[cyan]setting[/]", setting["setting"], str(setting["a"]), str(setting["b"]))
     if details.row_count:
         out.print(details)
+
+
+@app.command()
+@_handles_errors
+def push(
+    pack: Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo, user/name (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    token: TokenOpt = None,
+    message: Annotated[Optional[str], typer.Option("--message", help="Commit message (default: each version's own).")] = None,
+    license: Annotated[Optional[str], typer.Option("--license", help="License id for the model card, e.g. apache-2.0.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Push the pack's versions to the Hub: each version a commit tagged vN; only new versions are sent.
+
+    [dim]Example: memoir push my-pack my-user/my-pack --private[/]
+    """
+    from .hub import push as push_pack
+
+    def said(number: int) -> None:
+        if not as_json:
+            err.print(f"pushed version {number} as tag v{number}", highlight=False)
+
+    result = push_pack(pack, repo_id, _model_loader(model, device, dtype), private, token, message, license, said)
+    if as_json:
+        out.print_json(json.dumps({"repo_id": result.repo_id, "url": result.url, "pushed": result.pushed,
+                                   "already_on_hub": result.already}))
+    elif result.pushed:
+        out.print(f"[green]pushed[/] versions {', '.join(map(str, result.pushed))} of {pack} to {result.url}", highlight=False)
+    else:
+        out.print(f"{result.url} already has every version of {pack}", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def pull(
+    ref: Annotated[str, typer.Argument(help="user/pack, user/pack@v3 or user/pack@<commit>.")],
+    to: Annotated[Optional[Path], typer.Option("--to", help="Copy the pack into this folder (default: keep it in the Hugging Face cache).")] = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a pack from the Hub (through the Hugging Face cache) and check it in full.
+
+    Commands that take a pack also take the Hub reference directly; pull ahead of time to work
+    offline (HF_HUB_OFFLINE=1), or with --to to get a local copy to add versions to.
+
+    [dim]Example: memoir pull my-user/my-pack@v2 --to my-pack[/]
+    """
+    from .hub import pull as pull_pack
+    from .store import load_pack
+
+    folder = pull_pack(ref, to, token)
+    pack = load_pack(folder)
+    if as_json:
+        out.print_json(json.dumps({"ref": ref, "path": str(folder), "version": pack.version,
+                                   "edits": len(pack.facts), "active": int(pack.memory.bank.active.sum())}))
+    else:
+        out.print(f"[green]pulled[/] {ref} (version {pack.version}, {len(pack.facts)} facts) to {folder}", highlight=False)
 
 
 def main() -> None:

@@ -35,3 +35,9 @@ class PackBusyError(PackError):
     """Another process is writing the pack and the caller chose not to wait."""
 
     exit_code = 5
+
+
+class HubError(MemoirError):
+    """The Hugging Face Hub cannot be reached, refuses the request, or does not have the pack."""
+
+    exit_code = 6

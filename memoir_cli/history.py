@@ -29,7 +29,7 @@ from .facts import Fact
 from .memory import attach, detach
 from .models import LoadedModel
 from .pack import Pack, edit_settings, write_data_files
-from .store import NotStoredError, PackRef, commit, head_version, load_pack, pack_lock, parse_ref, read_record, records, stored
+from .store import NotStoredError, PackRef, commit, head_version, load_pack, pack_lock, read_record, records, stored
 
 ModelLoader = Callable[[Pack], LoadedModel]
 
@@ -105,14 +105,20 @@ def log(path: str | Path) -> list[dict]:
 
 
 def open_pack(ref: str | Path | PackRef, model_loader: ModelLoader | None = None) -> Pack:
-    """The pack at `ref`, replaying it if its files were not kept (that needs `model_loader`)."""
-    ref = parse_ref(ref)
+    """The pack at `ref` (a folder, `PACK@N`, or a Hub repo `user/pack[@v3]`, downloaded through the
+    Hugging Face cache), replaying the version if its files were not kept (that needs `model_loader`)."""
+    from .hub import resolve_reference
+
+    ref, name = resolve_reference(ref)
     try:
-        return load_pack(ref)
+        pack = load_pack(ref)
     except NotStoredError:
         if model_loader is None:
             raise
-        return materialise(ref.path, ref.version, model_loader)
+        pack = materialise(ref.path, ref.version, model_loader)
+    if name is not None:
+        pack.memory.name = name
+    return pack
 
 
 def materialise(path: Path, number: int, model_loader: ModelLoader) -> Pack:

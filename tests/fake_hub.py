@@ -1,8 +1,8 @@
 """A small Hub-compatible HTTP server on 127.0.0.1, for driving the real `huggingface_hub` client.
 
-It implements what `memoir push` and `memoir pull` use, for model repos: create a repo, preupload
-(every file "regular", i.e. sent inline), commit (NDJSON), tags, refs, repo info, and file
-resolution (HEAD and GET). Repos live in memory; commits are whole file maps. Private repos answer
+It implements what `memoir push` and `memoir pull` use, for model repos: create a repo, model card
+validation, preupload (every file "regular", i.e. sent inline), commit (NDJSON), tags, refs, repo
+info, the file tree, and file resolution (HEAD and GET). Repos live in memory; commits are whole file maps. Private repos answer
 only requests carrying one of the server's tokens, as the Hub does (401).
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,7 @@ class FakeHub:
         self.tokens = set(tokens)
         self.repos: dict[str, Repo] = {}
         self.requests: list[str] = []
+        self.cards: list[dict] = []  # the YAML metadata of every model card validated
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -130,6 +132,8 @@ def _handler(hub: FakeHub):
             with hub.lock:
                 if parts == ["api", "repos", "create"]:
                     return self._create(json.loads(body))
+                if parts == ["api", "validate-yaml"]:
+                    return self._validate_card(json.loads(body)["content"])
                 if parts[:2] == ["api", "models"] and len(parts) >= 6:
                     repo_id, action, revision = "/".join(parts[2:4]), parts[4], "/".join(parts[5:])
                     if action == "preupload":
@@ -148,6 +152,26 @@ def _handler(hub: FakeHub):
                 return self._json(409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"})
             hub.repos[repo_id] = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
             self._json(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
+
+        def _validate_card(self, content: str) -> None:
+            """The model card's YAML metadata must parse, with the types the Hub expects."""
+            import yaml
+
+            match = re.match(r"^---\n(.*?)\n---\n", content, re.S)
+            try:
+                metadata = yaml.safe_load(match[1]) if match else None
+            except yaml.YAMLError as error:
+                return self._json(400, {"errors": [{"message": f"invalid YAML: {error}"}]})
+            problems = [] if isinstance(metadata, dict) else ["no YAML metadata block"]
+            if isinstance(metadata, dict):
+                problems += [f"'{key}' must be a string" for key in ("library_name", "license", "base_model")
+                             if key in metadata and not isinstance(metadata[key], str)]
+                if not isinstance(metadata.get("tags", []), list):
+                    problems.append("'tags' must be a list")
+            if problems:
+                return self._json(400, {"errors": [{"message": p} for p in problems]})
+            hub.cards.append(metadata)
+            self._json(200, {"errors": [], "warnings": []})
 
         def _info(self, repo_id: str, revision: str) -> None:
             repo = self._repo(repo_id)
