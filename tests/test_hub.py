@@ -100,6 +100,7 @@ def test_each_pushed_version_is_pulled_with_its_own_answers(hub, pushed, tmp_pat
     assert then[2]["edit_id"] is None and now[2]["edit_id"] == FACTS[2]["id"]
     commit = hub.repos[REPO].tags["v1"]
     assert shell.json("show", f"{REPO}@{commit}")["version"] == 1
+    assert [(v["version"], v["added"]) for v in shell.json("log", REPO)["versions"]] == [(1, 2), (2, 1)]
     copy = tmp_path / "copy"
     shell("pull", f"{REPO}@v1", "--to", copy)
     assert [v["version"] for v in shell.json("log", copy)["versions"]] == [1]
