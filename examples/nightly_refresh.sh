@@ -15,10 +15,12 @@
 #   MEMOIR_EVAL_LIMIT  score at most this many records   (default: all)
 #   MEMOIR_MIN_REL     lowest acceptable reliability     (default: 0.90)
 #   MEMOIR_MIN_LOC     lowest acceptable locality        (default: 0.95)
-#   MEMOIR_HUB_REPO    Hub repo to pull from and push to (needs `memoir pull/push`; default: local only)
+#   MEMOIR_HUB_REPO    Hub repo to pull from (when PACK is missing) and push kept versions to
+#                      (default: local only); HF_TOKEN and HF_ENDPOINT as for any Hugging Face tool
 #
 # Exit codes: 0 refreshed (or nothing new), 2 bad facts file (the pack is untouched), 5 another
-# refresh is running, 10 quality below the bar (the pack was rolled back), others: memoir's own.
+# refresh is running, 6 the Hub failed, 10 quality below the bar (the pack was rolled back and
+# nothing was pushed), others: memoir's own.
 set -euo pipefail
 
 FACTS=${1:?usage: nightly_refresh.sh FACTS.jsonl}
@@ -35,7 +37,14 @@ field() { "$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))$2)"
 
 if [[ -n "${MEMOIR_HUB_REPO:-}" && ! -d "$PACK" ]]; then
     say "pulling $MEMOIR_HUB_REPO"
-    memoir pull "$MEMOIR_HUB_REPO" --to "$PACK"
+    if ! memoir pull "$MEMOIR_HUB_REPO" --to "$PACK" 2> "$WORK/pull.err"; then
+        if grep -q "repository not found" "$WORK/pull.err"; then
+            say "no pack on the Hub yet: starting a new one"
+        else
+            cat "$WORK/pull.err" >&2
+            exit 6
+        fi
+    fi
 fi
 
 memoir validate "$FACTS"

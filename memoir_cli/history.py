@@ -219,7 +219,7 @@ def rollback(path: str | Path, to: int, model_loader: ModelLoader, message: str 
         record = edit_record("rollback", message, [["restore", to]], [], restored=to,
                              change=weight_change(current.memory.weight, target.memory.weight))
         record["replay"] = read_record(path, to).get("replay")
-        return commit(target, path, record)
+        return commit(target, path, record, current.manifest.get("snapshot_every"))  # storage policy stays current
 
 
 def rebuild(path: str | Path, model_loader: ModelLoader, dtype: str, message: str | None = None, wait: bool = True,

@@ -61,7 +61,10 @@ def resolve_reference(text: str | Path | PackRef, token: str | None = None) -> t
     hub_ref = parse_hub_ref(text)
     if hub_ref is None:
         return parse_ref(text), None
-    return PackRef(download(hub_ref, token)), str(hub_ref)
+    try:
+        return PackRef(download(hub_ref, token)), str(hub_ref)
+    except HubError as error:  # perhaps a mistyped local folder: say both
+        raise HubError(f"no pack folder {text!r} here, and on the Hub: {error.message}") from None
 
 
 def download(ref: HubRef, token: str | None = None) -> Path:

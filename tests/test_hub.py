@@ -65,6 +65,8 @@ def pushed(hub, tmp_path, model_dir):
     first = shell.json("push", pack, REPO, "--private", "--license", "apache-2.0")
     assert first["pushed"] == [1] and first["already_on_hub"] == []
     edit(pack, FACTS[2:], model_dir, tmp_path)
+    scored = runner.invoke(app, ["eval", str(pack), "--model", str(model_dir), "--json"])  # for the model card
+    assert scored.exit_code == 0, scored.output
     second = shell.json("push", pack, REPO)
     assert second["pushed"] == [2] and second["already_on_hub"] == [1]  # only the new version
     assert shell.json("push", pack, REPO)["pushed"] == []
@@ -83,6 +85,8 @@ def test_round_trip_edit_push_pull_apply_gives_identical_outputs(hub, pushed, tm
     assert re.search(r"^library_name: memoir$", card, re.M) and "license: apache-2.0" in card
     assert "- memoir\n- model-editing" in card and "version 2: 3 edited fact(s)" in card
     assert hub.cards[-1]["library_name"] == "memoir" and hub.cards[-1]["tags"] == ["memoir", "model-editing"]
+    assert "Latest `memoir eval` of this version (3 records)" in card and "| Reliability |" in card
+    assert "Latest `memoir eval`" not in repo.commits[repo.tags["v1"]].files["README.md"].decode()  # not scored
     local = answers(Shell(hub, tmp_path / "local-home"), str(pushed), model_dir)
     reader = Shell(hub, tmp_path / "empty-cache")
     pulled = reader.json("pull", REPO)

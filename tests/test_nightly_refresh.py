@@ -57,3 +57,18 @@ def test_a_bad_facts_file_exits_2_and_leaves_the_pack_alone(tmp_path, nights, mo
     result = refresh(broken, pack, model_dir)
     assert result.returncode == 2 and "'target' is required" in result.stderr
     assert len(log(pack)) == 1
+
+
+def test_with_a_hub_repo_the_pack_is_pulled_when_missing_and_kept_versions_are_pushed(tmp_path, nights, model_dir):
+    from .fake_hub import FakeHub
+
+    with FakeHub(tokens={"hf_team"}) as hub:
+        hub_env = {"MEMOIR_HUB_REPO": "team/kb", "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_team",
+                   "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        first = refresh(nights[0], tmp_path / "monday", model_dir, **hub_env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "no pack on the Hub yet" in first.stdout and sorted(hub.repos["team/kb"].tags) == ["v1"]
+        second = refresh(nights[1], tmp_path / "tuesday", model_dir, **hub_env)  # another machine: pulls first
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert sorted(hub.repos["team/kb"].tags) == ["v1", "v2"]
+        assert [v["added"] for v in log(tmp_path / "tuesday")] == [2, 1]
