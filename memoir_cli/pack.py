@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -248,8 +249,9 @@ def model_card(pack: Pack, license: str | None = None, scores: dict | None = Non
     m = pack.manifest
     base = m["base_model"]["id"]
     version = m.get("version", 1)
+    hub_id = base.split("@")[0]  # the built-in model is "<repo>@<gguf package>:<quant>"
     yaml = "".join([
-        f"base_model: {base}\n" if "/" in base and "@" not in base else "",
+        f"base_model: {hub_id}\n" if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", hub_id) else "",
         "library_name: memoir\n",
         f"license: {license}\n" if license else "",
         "tags:\n- memoir\n- model-editing\n",
