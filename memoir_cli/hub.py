@@ -110,8 +110,6 @@ def push(pack_path: Path, repo_id: str, model_loader, private: bool = False, tok
     """Push every version of the local pack that the repo does not have yet, oldest first."""
     from huggingface_hub import HfApi
 
-    from .history import open_pack
-
     if not REPO_ID.match(repo_id):
         raise HubError(f"{repo_id}: not a Hub repo id (expected user/name)")
     pack_path = Path(pack_path)
@@ -123,9 +121,9 @@ def push(pack_path: Path, repo_id: str, model_loader, private: bool = False, tok
     if remote:
         _check_same_history(api, repo_id, pack_path, remote[-1], head, token)
         license = license or _remote_license(repo_id, f"v{remote[-1]}", token)
-    pushed = []
+    pushed, pack = [], None
     for number in range((remote[-1] if remote else 0) + 1, head + 1):
-        pack = open_pack(PackRef(pack_path, number), model_loader)
+        pack = _next_version(pack_path, number, pack, model_loader)
         with tempfile.TemporaryDirectory() as folder:
             export_version(pack, pack_path, number, Path(folder), license)
             summary = read_record(pack_path, number)["message"]
@@ -138,6 +136,20 @@ def push(pack_path: Path, repo_id: str, model_loader, private: bool = False, tok
         if on_version:
             on_version(number)
     return PushResult(repo_id, pushed, remote, str(url))
+
+
+def _next_version(pack_path: Path, number: int, previous: Pack | None, model_loader) -> Pack:
+    """Version `number`: read if kept, else replayed from `previous` (version number - 1) when
+    that is at hand, so pushing a long history replays each version once."""
+    from .history import open_pack, replay
+    from .store import NotStoredError, load_pack
+
+    try:
+        return load_pack(PackRef(pack_path, number))
+    except NotStoredError:
+        if previous is None or previous.version != number - 1:
+            return open_pack(PackRef(pack_path, number), model_loader)
+        return replay(previous, read_record(pack_path, number), model_loader(previous), pack_path, model_loader)
 
 
 def export_version(pack: Pack, pack_path: Path, number: int, folder: Path, license: str | None = None) -> None:

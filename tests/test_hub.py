@@ -3,6 +3,7 @@
 Every memoir command runs as a subprocess with HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE
 set in its environment, so they are read the way huggingface_hub reads them.
 """
+import hashlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memoir_cli.cli import app
+from memoir_cli.store import read_record
 
 from .conftest import FACTS
 from .fake_hub import FakeHub
@@ -110,6 +112,20 @@ def test_each_pushed_version_is_pulled_with_its_own_answers(hub, pushed, tmp_pat
     assert [v["version"] for v in shell.json("log", copy)["versions"]] == [1]
     edit(copy, FACTS[2:], model_dir, tmp_path)  # a pulled copy takes new versions
     assert [v["version"] for v in shell.json("log", copy)["versions"]] == [1, 2]
+
+
+def test_pushing_versions_whose_files_were_not_kept_replays_them(hub, tmp_path, model_dir):
+    pack = tmp_path / "pack"
+    for facts in (FACTS[:1], FACTS[1:2], FACTS[2:]):
+        edit(pack, facts, model_dir, tmp_path)  # versions 1 and 2 are then kept only as records
+    result = Shell(hub, tmp_path / "h").json("push", pack, "alice/late", "--model", model_dir)
+    assert result["pushed"] == [1, 2, 3]
+    repo = hub.repos["alice/late"]
+    for number in (1, 2, 3):
+        files = repo.commits[repo.tags[f"v{number}"]].files
+        recorded = read_record(pack, number)["manifest"]["files"]
+        assert {name: hashlib.sha256(files[name]).hexdigest() for name in recorded} == \
+            {name: entry["sha256"] for name, entry in recorded.items()}  # replayed bit for bit
 
 
 def test_offline_works_from_a_warm_cache_and_fails_clearly_from_a_cold_one(hub, pushed, tmp_path, model_dir):
