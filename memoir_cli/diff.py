@@ -20,6 +20,8 @@ from .models import LoadedModel, fingerprints_match
 from .pack import Pack
 from .tophash import prompt_features
 
+BLOCK = 1024  # bank rows compared at once
+
 SETTINGS = {
     "base model": lambda m: m["base_model"]["id"],
     "layer": lambda m: m["layer"]["path"],
@@ -87,11 +89,15 @@ def _conflicts_within(side: Side) -> list[dict]:
         return []
     bank, tau = side.pack.memory.bank, side.pack.memory.threshold
     masks = bank.masks[rows].float()
-    overlap = (masks @ masks.T) / bank.k
-    first, second = torch.triu_indices(len(rows), len(rows), offset=1)
-    close = overlap[first, second] >= tau
-    return [{"a": bank.ids[rows[i]], "b": bank.ids[rows[j]], "overlap": round(float(overlap[i, j]), 4)}
-            for i, j in zip(first[close].tolist(), second[close].tolist())]
+    pairs = []
+    for start in range(0, len(rows), BLOCK):  # a block of rows at a time: n x n overlaps may not fit in memory
+        overlap = (masks[start : start + BLOCK] @ masks.T) / bank.k
+        block_rows, columns = (overlap >= tau).nonzero(as_tuple=True)
+        for i, j in zip((block_rows + start).tolist(), columns.tolist()):
+            if i < j:
+                pairs.append({"a": bank.ids[rows[i]], "b": bank.ids[rows[j]],
+                              "overlap": round(float(overlap[i - start, j]), 4)})
+    return pairs
 
 
 def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:

@@ -152,7 +152,9 @@ def test_diff_of_two_versions_lists_facts_settings_and_memory_change(history, mo
     assert "retargeted" in text and "Paris -> Rome" in text
 
 
-def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, model_dir):
+@pytest.mark.parametrize("block", [1024, 1])  # 1: the bank is compared one row at a time
+def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, model_dir, monkeypatch, block):
+    monkeypatch.setattr("memoir_cli.diff.BLOCK", block)
     a, b = tmp_path / "a", tmp_path / "b"
     ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
     ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--pack", b, "--model", model_dir, "--steps", 1,
