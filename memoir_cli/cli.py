@@ -129,7 +129,7 @@ def edit(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the TopHash permutation and the training prefixes.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")] = False,
     message: MessageOpt = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Commit a version every N facts, so a killed run loses at most N.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Commit a version every N facts, so a killed run loses at most N.")] = 50,
     snapshot_every: Annotated[Optional[int], typer.Option(help="Keep every N-th version's files in full (others are replayed on demand; default 10).")] = None,
     no_wait: NoWaitOpt = False,
     device: DeviceOpt = "cpu",

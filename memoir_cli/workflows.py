@@ -24,6 +24,7 @@ from .tophash import background_prompts, default_top_k, make_permutation, prompt
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SEED = 0
+DEFAULT_CHECKPOINT_EVERY = 50  # a killed long run loses at most this many facts' training
 
 
 @dataclass
@@ -150,20 +151,20 @@ def edit_pack(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     message: str | None = None,
-    checkpoint_every: int | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     snapshot_every: int | None = None,
 ) -> EditSummary:
     """Create the pack at `pack_path` (or add to it) with `facts`, as a new version.
 
     Refresh semantics: a fact whose prompt has an active edit with the same target is skipped; with
     a different target it replaces that edit (the old one is deactivated first). `dry_run` plans
-    without loading a model. One writer at a time: see `pack_lock`. With `checkpoint_every` N, every
-    N facts are committed as a version of their own, so a run that is killed loses at most N facts'
+    without loading a model. One writer at a time: see `pack_lock`. Every `checkpoint_every` facts
+    are committed as a version of their own, so a run that is killed loses at most that many facts'
     work and a rerun of the same command continues where it stopped.
     """
     start = time.perf_counter()
     pack_path = Path(pack_path)
-    if checkpoint_every is not None and checkpoint_every < 1:
+    if checkpoint_every < 1:
         raise BadInputError(f"--checkpoint-every {checkpoint_every} must be positive")
     if snapshot_every is not None and snapshot_every < 1:
         raise BadInputError(f"--snapshot-every {snapshot_every} must be positive")
@@ -188,7 +189,7 @@ class _EditRun:
     pack_path: Path
     options: EditOptions
     message: str | None
-    checkpoint_every: int | None
+    checkpoint_every: int
     snapshot_every: int | None
 
     def execute(self, model_spec, on_start, on_step, on_fact, start) -> EditSummary:
@@ -221,7 +222,7 @@ class _EditRun:
                 pause_point("edit")
                 if on_fact:
                     on_fact(number, result)
-                if self.checkpoint_every and len(done) == self.checkpoint_every and number + 1 < len(plan.add):
+                if len(done) == self.checkpoint_every and number + 1 < len(plan.add):
                     summary.versions.append(self._commit(pack, loaded, ops, done, before, number + 1))
                     ops, done, before = [], [], pack.memory.weight.clone()
         finally:
@@ -232,10 +233,9 @@ class _EditRun:
         return summary
 
     def _commit(self, pack: Pack, loaded: LoadedModel, ops, done, before, through: int) -> int:
-        message = self.message
-        if self.checkpoint_every and len(self.plan.add) > self.checkpoint_every:
-            message = f"{message or 'edit'} (facts {through - len(done) + 1}-{through} of {len(self.plan.add)})"
-        record = edit_record("edit", message, ops, done, self.plan.replaces, weight_change(before, pack.memory.weight))
+        record = edit_record("edit", self.message, ops, done, self.plan.replaces, weight_change(before, pack.memory.weight))
+        if len(self.plan.add) > self.checkpoint_every:
+            record["message"] += f" (facts {through - len(done) + 1}-{through} of {len(self.plan.add)})"
         record["replay"] = replay_info(loaded, self.options.dtype)
         return commit(pack, self.pack_path, record, self.snapshot_every)
 

@@ -206,3 +206,13 @@ def test_a_tampered_version_record_is_named(history):
     record.write_text(json.dumps(data))
     result = run("log", history)
     assert result.exit_code == 3 and f"{record}: invalid version record at 'ops/0'" in result.stderr
+
+
+def test_a_long_run_commits_a_checkpoint_version_every_50_facts_by_default(tmp_path, model_dir):
+    facts = [{"prompt": f"The code word number {i} is", "target": f"w{i}"} for i in range(51)]
+    summary = ok("edit", write_facts(tmp_path / "many.jsonl", facts), "--pack", tmp_path / "pack", "--model", model_dir,
+                 "--steps", 1, "--rehearse", 0, "--json")
+    assert summary["versions"] == [1, 2]
+    versions = ok("log", tmp_path / "pack", "--json")["versions"]
+    assert [(v["added"], v["message"]) for v in versions] == [
+        (50, "edit: 50 added (facts 1-50 of 51)"), (1, "edit: 1 added (facts 51-51 of 51)")]
