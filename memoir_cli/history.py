@@ -209,6 +209,7 @@ def rollback(path: str | Path, to: int, model_loader: ModelLoader, message: str 
              on_wait: Callable[[str], None] | None = None) -> int:
     """Make version `to`'s state current again, as a new version; returns its number."""
     path = Path(path)
+    head_version(path)  # a missing pack is named before anything (even a lock file) is written
     with pack_lock(path, wait=wait, on_wait=on_wait):
         head = head_version(path)
         if to == head:
@@ -227,6 +228,7 @@ def rebuild(path: str | Path, model_loader: ModelLoader, dtype: str, message: st
             on_fact: Callable[[int, object], None] | None = None) -> int:
     """Replay the active facts, in order, into an empty memory (dropping reverted and replaced edits)."""
     path = Path(path)
+    head_version(path)  # a missing pack is named before anything (even a lock file) is written
     with pack_lock(path, wait=wait, on_wait=on_wait):
         current = load_pack(path)
         active = [f for f, on in zip(current.facts, current.memory.bank.active.tolist()) if on]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import HubError, PackError
+from .errors import BadInputError, HubError, PackError
 from .pack import CARD_FILE, MANIFEST, Pack, model_card, write_data_files
 from .store import PackRef, head_version, parse_ref, read_record
 
@@ -84,7 +84,7 @@ def pull(text: str, to: Path | None = None, token: str | None = None) -> Path:
 
     ref = parse_hub_ref(text)
     if ref is None:
-        raise HubError(f"{text}: not a Hub repo id (expected user/pack, user/pack@v3 or user/pack@<commit>)")
+        raise BadInputError(f"{text}: not a Hub repo id (expected user/pack, user/pack@v3 or user/pack@<commit>)")
     folder = download(ref, token)
     load_pack(folder)  # schema, checksums, shapes: a bad pack is refused before anyone uses it
     if to is None:
@@ -111,7 +111,7 @@ def push(pack_path: Path, repo_id: str, model_loader, private: bool = False, tok
     from huggingface_hub import HfApi
 
     if not REPO_ID.match(repo_id):
-        raise HubError(f"{repo_id}: not a Hub repo id (expected user/name)")
+        raise BadInputError(f"{repo_id}: not a Hub repo id (expected user/name)")
     pack_path = Path(pack_path)
     head = head_version(pack_path)
     api = HfApi(token=token)

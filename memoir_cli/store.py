@@ -181,7 +181,7 @@ def kept_versions(path: Path) -> set[int]:
     cannot be replayed (an imported format 1 pack: its edits were not recorded)."""
     manifest = read_manifest(path)
     head, every = manifest["version"], manifest.get("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
-    imported = {n for n in range(1, head + 1) if read_record(path, n)["kind"] == "import"}
+    imported = {1} if read_record(path, 1)["kind"] == "import" else set()  # only ever version 1
     return {head} | set(range(every, head + 1, every)) | imported
 
 

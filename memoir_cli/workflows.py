@@ -18,7 +18,7 @@ from .memory import attach, detach
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
 from .history import edit_record, open_pack, replay_info, weight_change
 from .pack import Pack, edit_settings, new_pack
-from .store import PackRef, commit, is_committed, load_pack, pack_lock, pause_point, refuse_foreign_folder
+from .store import PackRef, commit, head_version, is_committed, load_pack, pack_lock, pause_point, refuse_foreign_folder
 from .batching import pad_left
 from .tophash import background_prompts, default_top_k, make_permutation, prompt_features
 
@@ -111,6 +111,7 @@ def revert_edits(pack_path: str | Path, edit_ids: list[str] = (), prompts: list[
     memory's weights do not change."""
     if not edit_ids and not prompts:
         raise BadInputError("name at least one edit id or --prompt")
+    head_version(Path(pack_path))  # a missing pack is named before anything (even a lock file) is written
     with pack_lock(pack_path, wait=wait, on_wait=on_wait):
         pack = load_pack(pack_path)
         bank = pack.memory.bank

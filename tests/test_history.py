@@ -216,3 +216,14 @@ def test_a_long_run_commits_a_checkpoint_version_every_50_facts_by_default(tmp_p
     versions = ok("log", tmp_path / "pack", "--json")["versions"]
     assert [(v["added"], v["message"]) for v in versions] == [
         (50, "edit: 50 added (facts 1-50 of 51)"), (1, "edit: 1 added (facts 51-51 of 51)")]
+
+
+def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path):
+    missing = tmp_path / "nowhere" / "pack"
+    for args in (["rollback", missing, "--to", 1], ["rebuild", missing], ["revert", missing, "some-id"],
+                 ["log", missing]):
+        result = run(*args)
+        assert result.exit_code == 3 and "no such pack" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    result = run("pull", "not-a-repo-id")
+    assert result.exit_code == 2 and "not a Hub repo id" in result.stderr
