@@ -101,6 +101,16 @@ def _handler(hub: FakeHub):
                 return None
             return repo
 
+        def _commit_at(self, repo_id: str, revision: str) -> Commit | None:
+            """The commit a branch, tag or commit id names; otherwise the error is already sent."""
+            repo = self._repo(repo_id)
+            if repo is None:
+                return None
+            commit = repo.resolve(revision)
+            if commit is None:
+                self._json(404, {"error": f"Invalid rev id: {revision}"}, "RevisionNotFound")
+            return commit
+
         # --- routes ---------------------------------------------------------------------
 
         def do_HEAD(self) -> None:
@@ -174,13 +184,10 @@ def _handler(hub: FakeHub):
             self._json(200, {"errors": [], "warnings": []})
 
         def _info(self, repo_id: str, revision: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None:
-                return
-            commit = repo.resolve(revision)
+            commit = self._commit_at(repo_id, revision)
             if commit is None:
-                return self._json(404, {"error": f"Invalid rev id: {revision}"}, "RevisionNotFound")
-            self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
+                return
+            self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": hub.repos[repo_id].private,
                              "siblings": [{"rfilename": name} for name in sorted(commit.files)], "tags": []})
 
         def _refs(self, repo_id: str) -> None:
@@ -192,12 +199,9 @@ def _handler(hub: FakeHub):
             self._json(200, {"branches": branches, "tags": tags, "converts": []})
 
         def _tree(self, repo_id: str, revision: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None:
-                return
-            commit = repo.resolve(revision)
+            commit = self._commit_at(repo_id, revision)
             if commit is None:
-                return self._json(404, {"error": f"Invalid rev id: {revision}"}, "RevisionNotFound")
+                return
             self._json(200, [{"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
                              for name, data in sorted(commit.files.items())])
 
@@ -245,12 +249,9 @@ def _handler(hub: FakeHub):
             self._json(200, {})
 
         def _resolve(self, repo_id: str, revision: str, filename: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None:
-                return
-            commit = repo.resolve(revision)
+            commit = self._commit_at(repo_id, revision)
             if commit is None:
-                return self._json(404, {"error": f"Invalid rev id: {revision}"}, "RevisionNotFound")
+                return
             if filename not in commit.files:
                 return self._json(404, {"error": "Entry not found"}, "EntryNotFound")
             data = commit.files[filename]
