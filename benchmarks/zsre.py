@@ -5,6 +5,9 @@ Contrasts, run the same way: the unedited model, and plain fine-tuning of the sa
 down-projection (same optimiser and steps; every column trained, always applied, no rehearsal:
 k = d_ff and threshold 0).
 
+Next to the paper's columns: the share of records whose subject has another target among the
+first T ("contested"), and Gen over the agreed (GenA) and the contested (GenC) records.
+
 One sequential run to the largest T passes through the smaller ones; the pack is copied at each T
 and the copies are scored. Editing commits every --chunk facts and a rerun skips the facts already
 in the pack, so an interrupted run resumes where it stopped:
@@ -80,18 +83,29 @@ def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
     return result
 
 
-def _gen_on_unique_subjects(facts, per_record: list[dict]) -> float | None:
-    """Gen over the records whose subject no other of the first T records shares.
+def _contested(facts) -> list[bool]:
+    """Whether each record's subject has another target among these records.
 
-    Many ZsRE records ask the same question about one subject with different targets; a
-    rephrasing of one of them is as much a rephrasing of its siblings, so its "right" answer is
-    ambiguous. This column shows generalisation where the data is consistent.
+    Many ZsRE records ask the same question about one subject with different targets (six on the
+    architect of Lahti Town Hall, five answers). A rephrasing of one is as much a rephrasing of its
+    siblings, and can be the very prompt a sibling was edited with, so its "right" answer is
+    ambiguous; Gen is reported separately where the records agree.
     """
-    counts: dict[str, int] = {}
+    targets: dict[str, set[str]] = {}
     for fact in facts:
-        counts[fact.subject] = counts.get(fact.subject, 0) + 1
-    scores = [r["gen"] for f, r in zip(facts, per_record) if counts[f.subject] == 1 and r["gen"] is not None]
-    return sum(scores) / len(scores) if scores else None
+        targets.setdefault(fact.subject, set()).add(fact.target.strip())
+    return [len(targets[fact.subject]) > 1 for fact in facts]
+
+
+def _gen_split(facts, per_record: list[dict]) -> dict:
+    """Share of contested records, and Gen over the agreed and the contested records."""
+    contested = _contested(facts)
+
+    def mean(flag: bool) -> float | None:
+        scores = [r["gen"] for c, r in zip(contested, per_record) if c == flag and r["gen"] is not None]
+        return sum(scores) / len(scores) if scores else None
+
+    return {"contested_share": sum(contested) / len(contested), "gen_agreed": mean(False), "gen_contested": mean(True)}
 
 
 def main() -> None:
@@ -118,17 +132,18 @@ def main() -> None:
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
             timed = [s for s in seconds[:size] if s == s]
             row = {"T": size, "method": method, **result["scores"], "routing": result["routing"],
-                   "gen_unique_subject": _gen_on_unique_subjects(facts[:size], result["per_record"]),
+                   **_gen_split(facts[:size], result["per_record"]),
                    "seconds_per_edit": sum(timed) / len(timed) if timed else None}
             rows.append(row)
             if "baseline" in result:
-                rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None,
-                             "gen_unique_subject": None})
-    print(f"\n{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'Gen1':>5} | {'s/edit':>6}")
+                rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None})
+    print(f"\n{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6}")
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
-        cells = [f"{row[k]:.2f}" if row.get(k) is not None else "  -  " for k in ("rel", "gen", "loc", "avg", "gen_unique_subject")]
+        keys = ("rel", "gen", "loc", "avg", "gen_agreed", "gen_contested", "contested_share")
+        cells = [f"{row[k]:.2f}" if row.get(k) is not None else "  -  " for k in keys]
         per_edit = f"{row['seconds_per_edit']:.2f}" if row["seconds_per_edit"] else "-"
-        print(f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | {cells[4]:>5} | {per_edit:>6}")
+        print(f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | "
+              f"{' '.join(f'{c:>5}' for c in cells[4:])} | {per_edit:>6}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "zsre", "date": time.strftime("%Y-%m-%d"), "settings": SETTINGS,
