@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -181,11 +182,8 @@ class _edit_progress:
     """A rich progress bar (fact i/N, loss, step) fed by edit_pack's callbacks."""
 
     def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("step {task.fields[step]}"),
-            TimeElapsedColumn(), console=err, disable=not enabled, transient=False,
-        )
+        self.progress = _progress_bar("editing", enabled, TextColumn("loss {task.fields[loss]}"),
+                                      TextColumn("step {task.fields[step]}"))
         self.task = None
 
     def __enter__(self) -> dict:
@@ -204,6 +202,21 @@ class _edit_progress:
 
     def __exit__(self, *exc) -> None:
         self.progress.stop()
+
+
+def _progress_bar(label: str, enabled: bool, *fields: TextColumn) -> Progress:
+    """A bar on stderr (stdout stays clean for --json and pipes): label, bar, done/total, fields, time."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *fields, TimeElapsedColumn(),
+                    console=err, disable=not enabled, transient=False)
+
+
+@contextmanager
+def _eval_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A bar of sequences scored or generated, fed by evaluate's progress callback."""
+    progress = _progress_bar("scoring", enabled, TextColumn("sequences"))
+    task = progress.add_task("eval", total=None)
+    with progress:
+        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _check_limit(limit: int | None) -> None:
@@ -329,7 +342,9 @@ def eval_(
     facts = (records if records is not None else session.pack_facts())[:limit]
     if not facts:
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")
-    report = session.evaluate(facts, check_generation=generate, baseline=baseline, batch_size=batch_size)
+    with _eval_progress(enabled=not as_json) as on_progress:
+        report = session.evaluate(facts, check_generation=generate, baseline=baseline, batch_size=batch_size,
+                                  on_progress=on_progress)
     _remember_scores(packs, session, report, data)
     if out_file:
         out_file.write_text(json.dumps(report.to_json(), indent=2) + "\n")

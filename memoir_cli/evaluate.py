@@ -57,12 +57,17 @@ def quartiles(values: Sequence[float]) -> dict | None:
     return {"min": ordered[0], "q1": q1, "median": median, "q3": q3, "max": ordered[-1]}
 
 
+Progress = Callable[[int, int], None]
+"""Called with (sequences done, sequences in all) as scoring goes: a long eval shows where it is."""
+
+
 class Scorer:
     """Teacher-forced predictions of a model with packs attached (or bypassed: the base model)."""
 
     def __init__(self, model: nn.Module, tokenizer, wrapper: MemoirLinear, batch_size: int = 16) -> None:
         self.model, self.tokenizer, self.wrapper, self.batch_size = model, tokenizer, wrapper, batch_size
         self.device = next(model.parameters()).device
+        self.on_batch: Callable[[int], None] = lambda rows: None
 
     @torch.no_grad()
     def teacher_forced(self, probes: list[Probe], edited: bool = True) -> list[Scored]:
@@ -90,6 +95,7 @@ class Scorer:
             for row, answer_start in enumerate(answer_starts):
                 predicted = argmax[row, answer_start - 1 : width - 1].tolist()
                 results.append(Scored(predicted, ids[row, answer_start:].tolist(), routes[row]))
+            self.on_batch(len(chunk))
         return results
 
 
@@ -147,6 +153,7 @@ def evaluate(
     generate_fn: Callable[[list[str], int, bool], list[str]],
     check_generation: bool = False,
     baseline: bool = False,
+    on_progress: Progress | None = None,
 ) -> EvalReport:
     """Score `facts` (their prompts, rephrasings and locality prompts) on the scorer's model.
 
@@ -154,6 +161,7 @@ def evaluate(
     answers of locality prompts that have none, and the generation check.
     """
     probes = ProbeSet.of(facts)
+    generate_fn = _metered(scorer, probes, generate_fn, check_generation, baseline, on_progress)
     _fill_locality_targets(probes.loc, generate_fn)
 
     rel = scorer.teacher_forced(probes.rel)
@@ -187,6 +195,36 @@ def evaluate(
     if check_generation:
         report.generate = _generation_check(facts, probes, generate_fn, scorer.tokenizer, records)
     return report
+
+
+def _metered(scorer: Scorer, probes: ProbeSet, generate_fn, check_generation: bool, baseline: bool,
+             on_progress: Progress | None):
+    """Report progress to `on_progress` from the scorer's batches and from `generate_fn`, which is
+    returned wrapped to generate a batch at a time. The total is every sequence the run will score
+    or generate, known before it starts."""
+    if on_progress is None:
+        return generate_fn
+    n_rel, n_gen, n_loc = len(probes.rel), len(probes.gen), len(probes.loc)
+    total = (n_rel + n_gen + 2 * n_loc + sum(not p.target.strip() for p in probes.loc)
+             + (n_rel + n_gen if baseline else 0) + (n_rel + n_gen + 2 * n_loc if check_generation else 0))
+    done = 0
+
+    def advance(rows: int) -> None:
+        nonlocal done
+        done += rows
+        on_progress(done, total)
+
+    def generate_in_batches(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
+        texts = []
+        for start in range(0, len(prompts), scorer.batch_size):
+            chunk = prompts[start : start + scorer.batch_size]
+            texts.extend(generate_fn(chunk, max_new_tokens, edited))
+            advance(len(chunk))
+        return texts
+
+    scorer.on_batch = advance
+    on_progress(0, total)
+    return generate_in_batches
 
 
 def _fill_locality_targets(probes: list[Probe], generate_fn) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from .editor import EditResult, Editor, EditSettings, default_lr, generate_prefixes
 from .errors import BadInputError
-from .evaluate import EvalReport, Scorer, evaluate
+from .evaluate import EvalReport, Progress, Scorer, evaluate
 from .facts import Fact
 from .memory import attach, detach
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
@@ -396,7 +396,7 @@ class Session:
             return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
 
     def evaluate(self, facts: list[Fact], check_generation: bool = False, baseline: bool = False,
-                 batch_size: int = 16) -> EvalReport:
+                 batch_size: int = 16, on_progress: Progress | None = None) -> EvalReport:
         """The paper's Rel / Gen / Loc for `facts`, with routing statistics (see evaluate.py)."""
 
         def generate_fn(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
@@ -405,7 +405,7 @@ class Session:
             return self._base_outputs(prompts, max_new_tokens, batch_size)
 
         scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.wrapper, batch_size)
-        return evaluate(scorer, facts, generate_fn, check_generation, baseline)
+        return evaluate(scorer, facts, generate_fn, check_generation, baseline, on_progress)
 
     def pack_facts(self) -> list[Fact]:
         """Every active fact of the attached packs, in order (what `memoir eval` scores by default)."""

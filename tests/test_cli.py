@@ -171,8 +171,10 @@ def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["records"] == 2 and summary["scores"]["gen"] is not None and summary["scores"]["loc"] is not None
+    assert "scoring" not in result.stderr
     table = run("eval", pack_dir, "--data", zsre, "--limit", 2)
     assert "Reliability" in table.stdout and "locality -> no edit" in table.stdout
+    assert "8/8 sequences" in table.stderr  # 2 prompts, 2 rephrasings, 2 locality prompts edited and unedited
 
 
 def test_eval_refuses_bad_data_and_a_bad_limit(pack_dir, tmp_path):

@@ -128,3 +128,25 @@ def test_scores_average_the_metrics_that_exist_and_overlaps_get_quartiles():
     assert report.scores == {"rel": 1.0, "gen": 0.0, "loc": None, "avg": 0.5}
     assert report.routing["rel_to_own_edit"] == 1.0 and report.routing["loc_to_no_edit"] is None
     assert quartiles([0.1, 0.2, 0.3, 0.4, 0.5]) == {"min": 0.1, "q1": 0.2, "median": 0.3, "q3": 0.4, "max": 0.5}
+
+
+def test_progress_counts_every_scored_and_generated_sequence_and_ends_at_its_total():
+    vocab = _Vocab(["q", "a", "r", "l", "m"])
+    v = vocab.ids
+    model = ScriptedLM(8, {v["q"]: v["a"]})
+    facts = [
+        Fact(prompt="q", target="a", id=f"e{i}", rephrases=("r",),
+             locality=({"prompt": "l", "target": "m"}, {"prompt": "m"}))  # the second has no answer
+        for i in range(3)
+    ]
+    calls = []
+    scorer = Scorer(model, vocab, ScriptedWrapper(model), batch_size=2)
+    evaluate(scorer, facts, lambda prompts, n, edited: ["a" for _ in prompts], check_generation=True,
+             baseline=True, on_progress=lambda done, total: calls.append((done, total)))
+    # 3 rel + 3 gen + 6 loc twice (edited, base) + 3 loc answers generated, then the baseline's
+    # 3 rel + 3 gen, then generation of 3 rel + 3 gen + 6 loc twice.
+    total = 3 + 3 + 12 + 3 + 6 + 18
+    assert {t for _, t in calls} == {total}
+    assert calls[0][0] == 0 and calls[-1][0] == total
+    assert all(a <= b for (a, _), (b, _) in zip(calls, calls[1:]))
+    assert max(b - a for (a, _), (b, _) in zip(calls, calls[1:])) <= 2  # one batch at a time
