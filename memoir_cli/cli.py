@@ -42,7 +42,7 @@ DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")]
 def _folder_not_version(value: Path | str) -> Path | str:
-    """Commands that write (or list) a pack take its folder: a version `PACK@N` is read-only."""
+    """Commands that write a pack take its folder: a version `PACK@N` is read-only."""
     from .store import parse_ref
 
     ref = parse_ref(value)
@@ -448,7 +448,8 @@ def _model_loader(model: str | None, device: str, dtype: str):
 @app.command()
 @_handles_errors
 def log(
-    pack: Annotated[str, typer.Argument(help="Pack folder, or a Hub repo user/pack.", callback=_folder_not_version)],
+    pack: Annotated[str, typer.Argument(help="Pack folder, PACK@N (its history up to version N), or a Hub repo "
+                                              "user/pack[@vN].")],
     as_json: JsonOpt = False,
 ) -> None:
     """List a pack's versions, newest first: what each added, replaced and deactivated, and why.
@@ -458,7 +459,8 @@ def log(
     from .history import log as version_log
     from .hub import resolve_reference
 
-    entries = version_log(resolve_reference(pack)[0].path)
+    ref = resolve_reference(pack)[0]
+    entries = version_log(ref.path, ref.version)
     if as_json:
         out.print_json(json.dumps({"pack": str(pack), "versions": entries}))
         return

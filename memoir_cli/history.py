@@ -29,7 +29,7 @@ from .facts import Fact
 from .memory import attach, detach
 from .models import LoadedModel
 from .pack import Pack, edit_settings, write_data_files
-from .store import NotStoredError, PackRef, commit, head_version, load_pack, pack_lock, read_record, records, stored
+from .store import NotStoredError, PackRef, commit, head_version, load_pack, pack_lock, read_record, stored
 
 ModelLoader = Callable[[Pack], LoadedModel]
 
@@ -81,11 +81,13 @@ def _default_message(kind: str, added, replaced, deactivated, extra) -> str:
     return f"{kind}: " + (", ".join(parts) if parts else "settings changed")
 
 
-def log(path: str | Path) -> list[dict]:
-    """One entry per version, oldest first: what `memoir log` lists."""
+def log(path: str | Path, upto: int | None = None) -> list[dict]:
+    """One entry per version, oldest first, up to version `upto` (default: the current one), as
+    `git log v3` shows the history that led to v3: what `memoir log` lists."""
     path = Path(path)
+    last = head_version(path) if upto is None else read_record(path, upto)["version"]  # read_record refuses a bad N
     entries = []
-    for record in records(path):
+    for record in (read_record(path, number) for number in range(1, last + 1)):
         manifest, changes = record["manifest"], record.get("changes", {})
         entries.append({
             "version": record["version"],

@@ -63,6 +63,12 @@ def test_each_change_is_a_version_that_log_lists_with_what_it_did(history):
     assert "revert" in text and "wrong" in text and "+1 ~0 -0" in text
 
 
+def test_log_of_a_version_lists_the_history_that_led_to_it(history):
+    assert [v["version"] for v in ok("log", f"{history}@2", "--json")["versions"]] == [1, 2]
+    result = run("log", f"{history}@9")
+    assert result.exit_code == 3 and "no version 9 (versions are 1 to 4)" in result.stderr
+
+
 def test_rerunning_a_nightly_job_with_nothing_new_adds_no_version(history, tmp_path):
     before = tree(history)
     summary = ok("edit", tmp_path / "b.jsonl", "--pack", history, "--json")

@@ -107,6 +107,7 @@ def test_each_pushed_version_is_pulled_with_its_own_answers(hub, pushed, tmp_pat
     commit = hub.repos[REPO].tags["v1"]
     assert shell.json("show", f"{REPO}@{commit}")["version"] == 1
     assert [(v["version"], v["added"]) for v in shell.json("log", REPO)["versions"]] == [(1, 2), (2, 1)]
+    assert [v["version"] for v in shell.json("log", f"{REPO}@v1")["versions"]] == [1]
     copy = tmp_path / "copy"
     shell("pull", f"{REPO}@v1", "--to", copy)
     assert [v["version"] for v in shell.json("log", copy)["versions"]] == [1]
