@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -133,17 +134,19 @@ def main() -> None:
             timed = [s for s in seconds[:size] if s == s]
             row = {"T": size, "method": method, **result["scores"], "routing": result["routing"],
                    **_gen_split(facts[:size], result["per_record"]),
-                   "seconds_per_edit": sum(timed) / len(timed) if timed else None}
+                   "seconds_per_edit": sum(timed) / len(timed) if timed else None,
+                   "median_seconds_per_edit": statistics.median(timed) if timed else None}
             rows.append(row)
             if "baseline" in result:
                 rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None})
-    print(f"\n{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6}")
+    print(f"\n{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6} {'median':>6}")
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
         keys = ("rel", "gen", "loc", "avg", "gen_agreed", "gen_contested", "contested_share")
         cells = [f"{row[k]:.2f}" if row.get(k) is not None else "  -  " for k in keys]
-        per_edit = f"{row['seconds_per_edit']:.2f}" if row["seconds_per_edit"] else "-"
+        per_edit = " ".join(f"{row[k]:>6.2f}" if row.get(k) else f"{'-':>6}"
+                            for k in ("seconds_per_edit", "median_seconds_per_edit"))
         print(f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | "
-              f"{' '.join(f'{c:>5}' for c in cells[4:])} | {per_edit:>6}")
+              f"{' '.join(f'{c:>5}' for c in cells[4:])} | {per_edit}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "zsre", "date": time.strftime("%Y-%m-%d"), "settings": SETTINGS,
