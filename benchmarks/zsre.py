@@ -125,7 +125,9 @@ def main() -> None:
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 
     skipped = []
-    facts = read_zsre_json(ZSRE, on_skip=skipped.append, limit=max(args.t) + 10)[: max(args.t)]
+    facts = read_zsre_json(ZSRE, on_skip=skipped.append, limit=2 * max(args.t))[: max(args.t)]
+    if len(facts) < max(args.t):  # else run_edits would wait forever for facts that do not exist
+        raise SystemExit(f"{ZSRE} has only {len(facts)} usable records, fewer than T = {max(args.t)}")
     rows = []
     for method in args.methods:
         seconds = run_edits(method, facts, args.t, args.work, args.chunk)
