@@ -385,10 +385,11 @@ def _render_eval(report, thresholds: list[float]) -> None:
     for column in ("share", "overlap min", "q1", "median", "q3", "max"):
         table.add_column(column, justify="right")
     rows = (("edit prompt -> own edit", "rel_to_own_edit", "rel"), ("rephrasing -> right edit", "gen_to_right_edit", "gen"),
+            ("rephrasing -> an edit with its answer", "gen_to_same_answer", None),
             ("locality -> no edit", "loc_to_no_edit", "loc"))
     for label, share_key, overlap_key in rows:
-        spread = routing["overlap"][overlap_key]
-        cells = [f"{spread[k]:.2f}" for k in ("min", "q1", "median", "q3", "max")] if spread else ["-"] * 5
+        spread = routing["overlap"][overlap_key] if overlap_key else None
+        cells = [f"{spread[k]:.2f}" for k in ("min", "q1", "median", "q3", "max")] if spread else ["-" if overlap_key else ""] * 5
         table.add_row(label, fmt_score(routing[share_key]), *cells)
     out.print(table)
 

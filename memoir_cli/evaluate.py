@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -154,11 +154,15 @@ def evaluate(
     check_generation: bool = False,
     baseline: bool = False,
     on_progress: Progress | None = None,
+    edit_targets: Mapping[tuple[str, str], str] | None = None,
 ) -> EvalReport:
     """Score `facts` (their prompts, rephrasings and locality prompts) on the scorer's model.
 
     `generate_fn(prompts, max_new_tokens, edited)` gives greedy continuations; it supplies the
-    answers of locality prompts that have none, and the generation check.
+    answers of locality prompts that have none, and the generation check. `edit_targets` maps
+    (pack, edit id) to that edit's target: with it, routing also counts rephrasings that reach an
+    edit giving their answer, which is what a user with consistent facts cares about when several
+    edits share a subject.
     """
     probes = ProbeSet.of(facts)
     generate_fn = _metered(scorer, probes, generate_fn, check_generation, baseline, on_progress)
@@ -180,7 +184,8 @@ def evaluate(
             "gen_routes": [g.route for g in gens],
             "loc_routes": [e.route for e, _ in locs],
         })
-    report = EvalReport(scores=_scores(records), routing=_routing(facts, records), records=records)
+    report = EvalReport(scores=_scores(records), routing=_routing(facts, records, edit_targets),
+                        records=records)
     if baseline:
         rel_base = scorer.teacher_forced(probes.rel, edited=False)
         gen_base = scorer.teacher_forced(probes.gen, edited=False)
@@ -266,13 +271,19 @@ def _scores(records: list[dict]) -> dict:
     return scores
 
 
-def _routing(facts: list[Fact], records: list[dict]) -> dict:
+def _routing(facts: list[Fact], records: list[dict], edit_targets: Mapping[tuple[str, str], str] | None) -> dict:
     rel = [r["rel_route"] for r in records]
-    gen = [(route, fact.id) for fact, r in zip(facts, records) for route in r["gen_routes"]]
+    gen = [(route, fact) for fact, r in zip(facts, records) for route in r["gen_routes"]]
     loc = [route for r in records for route in r["loc_routes"]]
+
+    def gives_answer(route: dict, fact: Fact) -> bool:
+        target = edit_targets.get((route["pack"], route["edit_id"]))
+        return target is not None and target.strip() == fact.target.strip()
+
     return {
         "rel_to_own_edit": _mean([route["edit_id"] == fact.id for route, fact in zip(rel, facts)]),
-        "gen_to_right_edit": _mean([route["edit_id"] == fid for route, fid in gen]),
+        "gen_to_right_edit": _mean([route["edit_id"] == fact.id for route, fact in gen]),
+        "gen_to_same_answer": None if edit_targets is None else _mean([gives_answer(r, f) for r, f in gen]),
         "loc_to_no_edit": _mean([route["edit_id"] is None for route in loc]),
         "overlap": {
             "rel": quartiles([route["overlap"] for route in rel]),

@@ -405,7 +405,8 @@ class Session:
             return self._base_outputs(prompts, max_new_tokens, batch_size)
 
         scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.wrapper, batch_size)
-        return evaluate(scorer, facts, generate_fn, check_generation, baseline, on_progress)
+        edit_targets = {(pack.memory.name, f.id): f.target for pack in self.packs for f in pack.facts}
+        return evaluate(scorer, facts, generate_fn, check_generation, baseline, on_progress, edit_targets)
 
     def pack_facts(self) -> list[Fact]:
         """Every active fact of the attached packs, in order (what `memoir eval` scores by default)."""

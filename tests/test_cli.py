@@ -174,6 +174,7 @@ def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
     assert "scoring" not in result.stderr
     table = run("eval", pack_dir, "--data", zsre, "--limit", 2)
     assert "Reliability" in table.stdout and "locality -> no edit" in table.stdout
+    assert "an edit with its answer" in table.stdout and 0 <= summary["routing"]["gen_to_same_answer"] <= 1
     assert "8/8 sequences" in table.stderr  # 2 prompts, 2 rephrasings, 2 locality prompts edited and unedited
 
 

@@ -150,3 +150,18 @@ def test_progress_counts_every_scored_and_generated_sequence_and_ends_at_its_tot
     assert calls[0][0] == 0 and calls[-1][0] == total
     assert all(a <= b for (a, _), (b, _) in zip(calls, calls[1:]))
     assert max(b - a for (a, _), (b, _) in zip(calls, calls[1:])) <= 2  # one batch at a time
+
+
+def test_a_rephrasing_routed_to_a_sibling_edit_with_the_same_target_counts_as_reaching_its_answer():
+    vocab = _Vocab(["q", "a", "b", "r", "s", "t"])
+    model = ScriptedLM(8, {})
+    # ScriptedWrapper routes every prompt to edit "e" of pack "p", whose target is "a".
+    facts = [Fact(prompt="q", target="a", id="e", rephrases=("r",)),
+             Fact(prompt="q", target="a", id="f", rephrases=("s",)),
+             Fact(prompt="q", target="b", id="g", rephrases=("t",))]
+    scorer = Scorer(model, vocab, ScriptedWrapper(model))
+    report = evaluate(scorer, facts, lambda p, n, e: ["" for _ in p], edit_targets={("p", "e"): "a", ("p", "g"): "b"})
+    assert report.routing["gen_to_right_edit"] == 1 / 3  # only e's own rephrasing reaches e
+    assert report.routing["gen_to_same_answer"] == 2 / 3  # f's reaches e, which also answers "a"; g's does not
+    unknown = evaluate(scorer, facts, lambda p, n, e: ["" for _ in p])
+    assert unknown.routing["gen_to_same_answer"] is None  # no targets of the pack's edits given: not guessed
