@@ -33,7 +33,7 @@ ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre
 FINETUNE_D_FF = 1536  # SmolLM2-135M's MLP width: k = d_ff means every column
 
 
-SETTINGS: dict = {}  # --steps / --lr / --rehearse given on the command line, applied to every method
+SETTINGS: dict = {}  # settings given on the command line, applied to every method (finetune keeps its k and tau)
 
 
 def method_options(method: str) -> EditOptions:
@@ -116,12 +116,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/work/zsre"))
     parser.add_argument("--chunk", type=int, default=25)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zsre.json"))
+    parser.add_argument("--layer", type=int, help="edited layer of a new pack (default: the editor's default)")
+    parser.add_argument("--top-k", type=int, help="mask size k of a new pack (default: the editor's default)")
+    parser.add_argument("--threshold", type=float, help="routing threshold tau (default: the editor's default)")
     parser.add_argument("--steps", type=int, help="steps per fact (default: the editor's default)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
     args = parser.parse_args()
-    keys = ("steps", "lr", "rehearse", "rehearse_overlap")
+    keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 
     skipped = []
