@@ -164,7 +164,7 @@ def test_eval_scores_the_packs_own_facts_with_routing_statistics(pack_dir, tmp_p
 def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
     zsre = tmp_path / "zsre.json"
     zsre.write_text(json.dumps([
-        {"src": f["prompt"], "alt": f["target"], "rephrase": f["prompt"] + " now", "loc": "nq question: how do bees fly",
+        {"src": f["prompt"], "alt": f["target"], "rephrase": f["prompt"], "loc": "nq question: how do bees fly",
          "loc_ans": "wings"} for f in FACTS
     ]))
     result = run("eval", pack_dir, "--data", zsre, "--format", "zsre", "--limit", 2, "--json")
@@ -174,7 +174,8 @@ def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
     assert "scoring" not in result.stderr
     table = run("eval", pack_dir, "--data", zsre, "--limit", 2)
     assert "Reliability" in table.stdout and "locality -> no edit" in table.stdout
-    assert "an edit with its answer" in table.stdout and 0 <= summary["routing"]["gen_to_same_answer"] <= 1
+    # The rephrasing is the edited prompt itself: it reaches the pack's edit with the same target.
+    assert summary["routing"]["gen_to_same_answer"] == 1.0 and "an edit with its answer" in table.stdout
     assert "8/8 sequences" in table.stderr  # 2 prompts, 2 rephrasings, 2 locality prompts edited and unedited
 
 
