@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from memoir_cli.errors import BadInputError
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.workflows import EditOptions, Session, edit_pack
 
@@ -126,6 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+    try:
+        EditOptions(**SETTINGS)  # refuse a bad setting before any folder is made or model loaded
+    except BadInputError as error:
+        parser.error(str(error))
 
     skipped = []
     facts = read_zsre_json(ZSRE, on_skip=skipped.append, limit=2 * max(args.t))[: max(args.t)]
