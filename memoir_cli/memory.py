@@ -1,15 +1,26 @@
 """The residual memory at the edit layer: `W0 x + W_m (m * x)`, routed once per row.
 
 `MemoirLinear` wraps the base down-projection the way a PEFT tuner layer does: the base module is
-kept untouched as `.base` and the memory's delta is added in `forward`. Which edit (if any) a row
-uses is decided at the first forward pass of a call, from that row's prompt tokens, and kept while
-`generate` decodes with its KV cache. A row with no match gets exactly the base output.
+kept untouched as `.base` and the memory's delta is added in `forward`. A row with no match gets
+exactly the base output.
+
+When routing is decided, without depending on what `generate` passes to `forward` (those keyword
+names change between transformers releases):
+- `attach` wraps the model's `generate`, as PEFT's model wrapper does. One call is one scope: the
+  decision is taken at the scope's first forward pass, from each row's prompt tokens (the padding
+  given by the call's own `attention_mask`, or inferred from the pad token as `generate` does), and
+  kept for every decoding step, with or without a KV cache. Rows that `generate` expands
+  (`num_return_sequences`, beams) inherit their prompt's decision.
+- Any other top-level forward (teacher forcing, a user's own loop) decides afresh, from the
+  `attention_mask` it is given.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -85,25 +96,38 @@ class MemoirLinear(nn.Module):
         super().__init__()
         self.base = base
         self.memories = memories
-        self.routes: Routes | None = None
-        self._call: tuple[torch.Tensor | None, bool] | None = None
+        self.routes: Routes | None = None  # None: the next forward decides
+        self._span: torch.Tensor | None = None  # [batch, seq] 1 on the tokens routing reads; None: all
+        self._generating = False
         self._training: TrainingState | None = None
         self._prompt_mask: torch.Tensor | None = None
         self._weights: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
-        self._hook = None  # the model-level pre-hook that feeds `_call`; set by attach()
+        self._detach: Callable[[], None] | None = None  # undoes what attach() added to the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self._training is not None:
             return out + self._training.delta(x).to(out.dtype)
-        attention_mask, fresh = self._call if self._call is not None else (None, True)
-        self._call = None
-        if fresh or self.routes is None:
-            span = self._prompt_mask if self._prompt_mask is not None else attention_mask
-            self.routes = self._decide(x, span)
+        if self.routes is None:
+            span = self._prompt_mask if self._prompt_mask is not None else self._span
+            self.routes = self._decide(x, _fit_span(span, x))
         elif self.routes.memory.shape[0] != x.shape[0]:
             raise MemoirError("batch size changed inside one generation; routing cannot follow it")
         return self._add_delta(x, out)
+
+    def new_call(self, attention_mask: torch.Tensor | None) -> None:
+        """A top-level forward outside `generate`: decide afresh from its own padding."""
+        if not self._generating:
+            self.routes, self._span = None, attention_mask
+
+    @contextmanager
+    def generation(self, attention_mask: torch.Tensor | None) -> Iterator[None]:
+        """One `generate` call: one decision per row at its first forward, kept until it returns."""
+        self.routes, self._span, self._generating = None, attention_mask, True
+        try:
+            yield
+        finally:
+            self._generating = False
 
     @torch.no_grad()
     def _decide(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> Routes:
@@ -180,15 +204,64 @@ class HasMemory(Protocol):
     def check_base(self, model: nn.Module) -> None: ...
 
 
-def _routing_hook(wrapper: MemoirLinear):
-    """Before each top-level forward: tell the wrapper the padding and whether this is a new call."""
+def _forward_hook(wrapper: MemoirLinear, model: nn.Module):
+    """Before each top-level forward: its attention mask, however it was passed, starts a new call."""
+    signature = inspect.signature(model.forward)
 
     def hook(_module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        fresh = cache is None or cache.get_seq_length() == 0
-        wrapper._call = (kwargs.get("attention_mask"), fresh)
+        try:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            bound = kwargs
+        wrapper.new_call(bound.get("attention_mask"))
 
     return hook
+
+
+def _scoped_generate(wrapper: MemoirLinear, model: nn.Module) -> Callable[..., Any]:
+    """`model.generate`, with each call one routing scope (see the module docstring)."""
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        if getattr(config, "prefill_chunk_size", None) or kwargs.get("prefill_chunk_size"):
+            raise MemoirError("chunked prefill splits the prompt, so routing cannot see it whole; "
+                              "generate with prefill_chunk_size=None when packs are attached")
+        with wrapper.generation(prompt_attention_mask(config, args, kwargs)):
+            return original(*args, **kwargs)
+
+    return generate
+
+
+def prompt_attention_mask(config, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The padding of a `generate` call's prompt: its `attention_mask`, else (as `generate` infers
+    it) the positions that are not the pad token, when the pad token is not also end-of-sequence."""
+    if kwargs.get("attention_mask") is not None:
+        return kwargs["attention_mask"]
+    input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        return None
+    pad = kwargs.get("pad_token_id", getattr(config, "pad_token_id", None))
+    eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+    eos_ids = eos if isinstance(eos, (list, tuple)) else [eos]
+    if pad is None or pad in eos_ids or not bool((input_ids == pad).any()):
+        return None
+    return (input_ids != pad).long()
+
+
+def _fit_span(span: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """The routing span for this forward's x [batch, seq, d]: its last `seq` columns (a call that
+    continues a cache feeds only the new tokens), repeated for rows `generate` expanded."""
+    if span is None:
+        return None
+    batch, seq = x.shape[:2]
+    span = span[:, -seq:]
+    if span.shape[0] != batch:
+        if batch % span.shape[0]:
+            raise MemoirError(f"cannot match {batch} rows to a prompt batch of {span.shape[0]}")
+        span = span.repeat_interleave(batch // span.shape[0], dim=0)
+    return span
 
 
 def find_wrapper(model: nn.Module) -> MemoirLinear | None:
@@ -219,7 +292,17 @@ def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
     base = getattr(parent, name)
     wrapper = MemoirLinear(base, memories)
     setattr(parent, name, wrapper)
-    wrapper._hook = model.register_forward_pre_hook(_routing_hook(wrapper), with_kwargs=True)
+    handle = model.register_forward_pre_hook(_forward_hook(wrapper, model), with_kwargs=True)
+    has_generate = callable(getattr(model, "generate", None))
+    if has_generate:
+        model.generate = _scoped_generate(wrapper, model)
+
+    def undo() -> None:
+        handle.remove()
+        if has_generate:
+            del model.generate  # the instance attribute: the class's generate shows through again
+
+    wrapper._detach = undo
     return wrapper
 
 
@@ -227,7 +310,7 @@ def detach(model: nn.Module) -> nn.Module:
     """Remove every attached memory, restoring the original module objects exactly."""
     for name, module in list(model.named_modules()):
         if isinstance(module, MemoirLinear):
-            module._hook.remove()
+            module._detach()
             parent_path, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_path), attr, module.base)
     return model

@@ -40,3 +40,37 @@ def test_batched_generation_gives_the_same_tokens_as_one_prompt_at_a_time(zsre_p
     batched = [a.output for a in session.answer(prompts, max_new_tokens=12, batch_size=8)]
     single = [session.answer([p], max_new_tokens=12)[0].output for p in prompts]
     assert batched == single
+
+
+# ZsRE records whose targets are several tokens long, with ten different subjects.
+MULTI_TOKEN_RECORDS = [0, 3, 11, 18, 21, 25, 29, 37, 44, 46]
+
+
+def test_memoir_apply_generates_each_whole_multi_token_target_batched_or_one_by_one(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memoir_cli.cli import app
+
+    records = json.loads(ZSRE.read_text())
+    facts = [{"id": f"zsre-{i}", "prompt": " ".join(records[i]["src"].split()), "target": records[i]["alt"].strip()}
+             for i in MULTI_TOKEN_RECORDS]
+    facts_file, prompts_file, pack = tmp_path / "facts.jsonl", tmp_path / "prompts.jsonl", tmp_path / "pack"
+    facts_file.write_text("".join(json.dumps(f) + "\n" for f in facts))
+    prompts_file.write_text("".join(json.dumps({"prompt": f["prompt"]}) + "\n" for f in facts))
+    runner = CliRunner()
+    edited = runner.invoke(app, ["edit", str(facts_file), "--pack", str(pack), "--json"])
+    assert edited.exit_code == 0, edited.output
+
+    def apply(batch_size: int) -> list[dict]:
+        result = runner.invoke(app, ["apply", str(pack), "--prompts", str(prompts_file), "--max-new-tokens", "24",
+                                     "--batch-size", str(batch_size), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    batched = apply(8)
+    assert [a["edit_id"] for a in batched] == [f["id"] for f in facts]
+    missed = [(f["target"], a["output"]) for f, a in zip(facts, batched) if not a["output"].strip().startswith(f["target"])]
+    assert not missed, missed
+    assert [a["output"] for a in apply(1)] == [a["output"] for a in batched]

@@ -1,4 +1,6 @@
 """The residual memory at inference: routing, bitwise identity when unmatched, generation, detach."""
+import copy
+
 import pytest
 import torch
 
@@ -54,12 +56,102 @@ def test_routing_follows_the_threshold(model, tokenizer, pack):
 
 def test_routing_is_decided_once_per_generate_call_and_kept_while_decoding(model, tokenizer, pack, monkeypatch):
     wrapper = attach(model, pack)
-    decisions = []
-    original = MemoirLinear._decide
-    monkeypatch.setattr(MemoirLinear, "_decide", lambda self, x, m: decisions.append(x.shape) or original(self, x, m))
+    decisions = _count_decisions(monkeypatch)
     generate(model, tokenizer, [FACTS[0]["prompt"], UNRELATED[0]], max_new_tokens=6)
     assert len(decisions) == 1 and decisions[0][0] == 2
     assert wrapper.routes.describe(wrapper.memories)[0]["edit_id"] == FACTS[0]["id"]
+
+
+def _count_decisions(monkeypatch) -> list:
+    decisions = []
+    original = MemoirLinear._decide
+    monkeypatch.setattr(MemoirLinear, "_decide", lambda self, x, m: decisions.append(tuple(x.shape)) or original(self, x, m))
+    return decisions
+
+
+def _statically_edited(model, pack, row: int):
+    """A copy of the model whose down-projection always adds edit `row`: W0 + W_m diag(m_row)."""
+    reference = copy.deepcopy(model)
+    layer = reference.get_submodule(pack.memory.layer_path)
+    mask = pack.memory.bank.masks[row].to(layer.weight.dtype)
+    layer.weight += pack.memory.weight.to(layer.weight.dtype) * mask
+    return reference
+
+
+def _prompt_batch(tokenizer, prompts):
+    from memoir_cli.batching import encode_left_padded
+
+    batch = encode_left_padded(tokenizer, prompts, torch.device("cpu"))
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+GENERATE_MODES = {
+    "greedy": dict(do_sample=False),
+    "greedy without cache": dict(do_sample=False, use_cache=False),
+    "sampling": dict(do_sample=True, top_k=5),
+    "two sequences per prompt": dict(do_sample=True, num_return_sequences=2),
+    "beam search": dict(do_sample=False, num_beams=3, num_return_sequences=2),
+}
+
+
+@pytest.mark.parametrize("mode", GENERATE_MODES)
+def test_users_own_generate_decides_once_per_row_and_keeps_it_for_every_new_token(model, tokenizer, pack, mode,
+                                                                                  monkeypatch):
+    model.double()
+    pack.memory.weight *= 50  # large enough to change the generated tokens
+    prompts = [FACTS[0]["prompt"], UNRELATED[0]]
+    wrapper = attach(model, pack)
+    decisions = _count_decisions(monkeypatch)
+    settings = dict(GENERATE_MODES[mode], max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    output = model.generate(**_prompt_batch(tokenizer, prompts), **settings)
+    copies = settings.get("num_return_sequences", 1)
+    rows_per_prompt = settings.get("num_beams", copies)  # beam search runs every beam as a row
+    assert len(decisions) == 1 and decisions[0][0] == 2 * rows_per_prompt
+    routed = [r["edit_id"] for r in wrapper.routes.describe(wrapper.memories)]
+    assert routed == [FACTS[0]["id"]] * rows_per_prompt + [None] * rows_per_prompt
+    detach(model)
+    for reference, rows in ((_statically_edited(model, pack, 0), slice(0, copies)), (model, slice(copies, None))):
+        torch.manual_seed(0)
+        expected = reference.generate(**_prompt_batch(tokenizer, prompts), **settings)
+        assert torch.equal(output[rows], expected[rows])
+
+
+def test_generate_without_an_attention_mask_routes_left_padded_rows_from_their_real_tokens(model, tokenizer, pack,
+                                                                                         monkeypatch):
+    prompts = [FACTS[0]["prompt"], "Hi"]
+    batch = _prompt_batch(tokenizer, prompts)
+    wrapper = attach(model, pack)
+    model(**batch)
+    expected = wrapper.routes.describe(wrapper.memories)
+    model.generate(input_ids=batch["input_ids"], max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert wrapper.routes.describe(wrapper.memories) == expected
+
+
+def test_plain_forward_passes_decide_afresh_each_call(model, tokenizer, pack, monkeypatch):
+    wrapper = attach(model, pack)
+    decisions = _count_decisions(monkeypatch)
+    logits(model, tokenizer, [FACTS[0]["prompt"]])
+    assert wrapper.routes.describe(wrapper.memories)[0]["edit_id"] == FACTS[0]["id"]
+    logits(model, tokenizer, [UNRELATED[0], UNRELATED[1]])
+    assert [r["edit_id"] for r in wrapper.routes.describe(wrapper.memories)] == [None, None]
+    assert len(decisions) == 2
+
+
+def test_a_prompt_routed_to_no_edit_generates_exactly_the_base_models_tokens(model, tokenizer, pack):
+    base = generate(model, tokenizer, UNRELATED, max_new_tokens=12)
+    pack.memory.weight *= 50
+    wrapper = attach(model, pack)
+    edited = generate(model, tokenizer, UNRELATED, max_new_tokens=12)
+    assert [r["edit_id"] for r in wrapper.routes.describe(wrapper.memories)] == [None, None]
+    assert edited == base
+
+
+def test_detach_removes_the_generate_wrapper(model, tokenizer, pack):
+    attach(model, pack)
+    assert "generate" in vars(model)
+    detach(model)
+    assert "generate" not in vars(model) and model.generate.__func__ is type(model).generate
 
 
 def test_batched_generation_equals_one_prompt_at_a_time(model, tokenizer, pack):
