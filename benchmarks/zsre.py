@@ -5,7 +5,9 @@ Contrasts, run the same way: the unedited model, and plain fine-tuning of the sa
 down-projection (same optimiser and steps; every column trained, always applied, no rehearsal:
 k = d_ff and threshold 0).
 
-Next to the paper's columns: the share of records whose subject has another target among the
+Next to the paper's teacher-forced columns: the same three scores from greedy generation, as a user
+sees them (`memoir eval --generate`: the answer must start with the target; a locality answer must
+equal the base model's), then the share of records whose subject has another target among the
 first T ("contested"), and Gen over the agreed (GenA) and the contested (GenC) records.
 
 One sequential run to the largest T passes through the smaller ones; the pack is copied at each T
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from importlib import metadata
 import shutil
 import statistics
 import time
@@ -79,7 +82,7 @@ def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     started = time.perf_counter()
-    report = Session([work / method / f"T{size}"]).evaluate(facts[:size], baseline=baseline)
+    report = Session([work / method / f"T{size}"]).evaluate(facts[:size], baseline=baseline, check_generation=True)
     result = dict(report.to_json(), eval_seconds=time.perf_counter() - started)
     cached.write_text(json.dumps(result, indent=2))
     return result
@@ -143,25 +146,30 @@ def main() -> None:
         for size in sorted(args.t):
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
             timed = [s for s in seconds[:size] if s == s]
-            row = {"T": size, "method": method, **result["scores"], "routing": result["routing"],
+            generated = {f"generated_{key}": value for key, value in result["generate"].items()}
+            row = {"T": size, "method": method, **result["scores"], **generated, "routing": result["routing"],
                    **_gen_split(facts[:size], result["per_record"]),
                    "seconds_per_edit": sum(timed) / len(timed) if timed else None,
                    "median_seconds_per_edit": statistics.median(timed) if timed else None}
             rows.append(row)
             if "baseline" in result:
                 rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None})
-    print(f"\n{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6} {'median':>6}")
+    print(f"\n{'':>15} | {'teacher-forced':^23} | {'generated':^17} |")
+    print(f"{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'Rel':>5} {'Gen':>5} {'Loc':>5} | "
+          f"{'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6} {'median':>6}")
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
-        keys = ("rel", "gen", "loc", "avg", "gen_agreed", "gen_contested", "contested_share")
+        keys = ("rel", "gen", "loc", "avg", "generated_rel", "generated_gen", "generated_loc", "gen_agreed",
+                "gen_contested", "contested_share")
         cells = [f"{row[k]:.2f}" if row.get(k) is not None else "  -  " for k in keys]
         per_edit = " ".join(f"{row[k]:>6.2f}" if row.get(k) else f"{'-':>6}"
                             for k in ("seconds_per_edit", "median_seconds_per_edit"))
         print(f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | "
-              f"{' '.join(f'{c:>5}' for c in cells[4:])} | {per_edit}")
+              f"{' '.join(f'{c:>5}' for c in cells[4:7])} | {' '.join(f'{c:>5}' for c in cells[7:])} | {per_edit}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "zsre", "date": time.strftime("%Y-%m-%d"), "settings": SETTINGS,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "versions": {name: metadata.version(name) for name in ("torch", "transformers", "huggingface-hub", "memoir-cli")},
         "data": str(ZSRE), "skipped_records": skipped, "rows": rows,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
