@@ -4,6 +4,7 @@ in the same run, on the same facts, from the same empty pack.
 
     python benchmarks/edit_speed.py --facts 5 [--steps 30] [--out benchmarks/results/edit_speed.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,9 @@ from pathlib import Path
 
 import torch
 
-from memoir_cli.editor import Editor
+from memoir_cli.editor import editing
 from memoir_cli.facts import read_zsre_json
-from memoir_cli.memory import attach, detach
 from memoir_cli.models import load_model
-from memoir_cli.pack import edit_settings
 from memoir_cli.workflows import EditOptions, create_pack
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
@@ -27,14 +26,9 @@ ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre
 
 def run(editor_fast: bool, loaded, empty, facts, steps):
     pack = copy.deepcopy(empty)
-    pack.manifest["training"]["steps"] = steps
-    wrapper = attach(loaded.model, pack)
-    try:
-        editor = Editor(loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
-                        pack.manifest["prefixes"], edit_settings(pack), fast=editor_fast)
+    pack.manifest.training.steps = steps
+    with editing(loaded, pack, fast=editor_fast) as editor:
         results = [editor.edit(fact) for fact in facts]
-    finally:
-        detach(loaded.model)
     return results, pack
 
 
@@ -49,7 +43,7 @@ def main() -> None:
     loaded = load_model(args.model)
     facts = read_zsre_json(ZSRE, on_skip=lambda problem: None)[: args.facts]
     empty = create_pack(loaded, EditOptions())
-    steps = args.steps or empty.manifest["training"]["steps"]
+    steps = args.steps or empty.manifest.training.steps
     rows = {}
     for name, fast in (("memoir (replay upper layers)", True), ("full model every step", False)):
         results, pack = run(fast, loaded, empty, facts, steps)
@@ -73,8 +67,8 @@ def main() -> None:
         "model": loaded.model_id,
         "facts": len(facts),
         "steps": steps,
-        "layer": empty.manifest["layer"]["path"],
-        "k": empty.manifest["tophash"]["k"],
+        "layer": empty.manifest.layer.path,
+        "k": empty.manifest.tophash.k,
         "procedures": rows,
         "speedup": ratio,
         "max_weight_difference": max_diff,

@@ -5,6 +5,7 @@ their rephrasings) and unrelated prompts whose generation is unchanged.
     python benchmarks/settings_sweep.py --records 10 --config 30,1,0 --config 30,4,8
     (each --config is steps,lr,rehearse; the default layer, k and threshold are used)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 
 from memoir_cli.facts import read_zsre_json
-from memoir_cli.workflows import EditOptions, Session, edit_pack
+from memoir_cli.session import Session
+from memoir_cli.workflows import EditOptions, edit_pack
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 
@@ -48,17 +50,28 @@ def main() -> None:
     args = parser.parse_args()
     facts = read_zsre_json(ZSRE, on_skip=lambda problem: None)[: args.records]
     rows = []
-    print(f"{'steps':>5} {'lr':>4} {'rehearse':>8} | {'edited':>6} {'rephrase':>8} {'unrelated':>9} | {'s/edit':>6} {'loss':>6}")
+    print(
+        f"{'steps':>5} {'lr':>4} {'rehearse':>8} | {'edited':>6} {'rephrase':>8} {'unrelated':>9} | "
+        f"{'s/edit':>6} {'loss':>6}"
+    )
     for config in args.config:
         row = evaluate(config, facts, args.max_new_tokens)
         rows.append(row)
         c = row["config"]
-        print(f"{c['steps']:>5} {c['lr']:>4} {c['rehearse']:>8} | {row['edited_prompt_hits']:>6.2f} "
-              f"{row['rephrase_hits']:>8.2f} {row['unrelated_unchanged']:>9.2f} | "
-              f"{row['seconds_per_edit']:>6.2f} {row['mean_final_loss']:>6.3f}", flush=True)
+        print(
+            f"{c['steps']:>5} {c['lr']:>4} {c['rehearse']:>8} | {row['edited_prompt_hits']:>6.2f} "
+            f"{row['rephrase_hits']:>8.2f} {row['unrelated_unchanged']:>9.2f} | "
+            f"{row['seconds_per_edit']:>6.2f} {row['mean_final_loss']:>6.3f}",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "settings_sweep", "date": time.strftime("%Y-%m-%d"),
-                                          "records": len(facts), "rows": rows}, indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {"benchmark": "settings_sweep", "date": time.strftime("%Y-%m-%d"), "records": len(facts), "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -16,22 +16,23 @@ in the pack, so an interrupted run resumes where it stopped:
 
     python benchmarks/zsre.py --t 10 100 1000 --methods memoir finetune
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-from importlib import metadata
 import shutil
 import statistics
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from memoir_cli.errors import BadInputError
 from memoir_cli.facts import read_zsre_json
-from memoir_cli.workflows import EditOptions, Session, edit_pack
+from memoir_cli.session import Session
+from memoir_cli.workflows import EditOptions, edit_pack
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 FINETUNE_D_FF = 1536  # SmolLM2-135M's MLP width: k = d_ff means every column
@@ -58,7 +59,9 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
     for size in sorted(sizes):
         while len(seconds) < size:
             batch = facts[len(seconds) : min(size, len(seconds) + chunk)]
-            summary = edit_pack(batch, pack, None, method_options(method) if not pack.exists() else _resume_options(method))
+            summary = edit_pack(
+                batch, pack, None, method_options(method) if not pack.exists() else _resume_options(method)
+            )
             if summary.plan.skipped:  # a previous run committed these facts but not their timings
                 seconds.extend([float("nan")] * len(summary.plan.skipped))
             seconds.extend(r.seconds for r in summary.results)
@@ -73,8 +76,13 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
 def _resume_options(method: str) -> EditOptions:
     """An existing pack keeps its own layer, k and seed; only routing/training settings may be passed."""
     options = method_options(method)
-    return EditOptions(threshold=options.threshold, rehearse=options.rehearse, steps=options.steps, lr=options.lr,
-                       rehearse_overlap=options.rehearse_overlap)
+    return EditOptions(
+        threshold=options.threshold,
+        rehearse=options.rehearse,
+        steps=options.steps,
+        lr=options.lr,
+        rehearse_overlap=options.rehearse_overlap,
+    )
 
 
 def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
@@ -130,10 +138,19 @@ def main() -> None:
     args = parser.parse_args()
     keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
-    try:
-        EditOptions(**SETTINGS)  # refuse a bad setting before any folder is made or model loaded
-    except BadInputError as error:
-        parser.error(str(error))
+    ranges = {
+        "layer": (0, None),
+        "top_k": (1, None),
+        "threshold": (0, 1),
+        "steps": (1, None),
+        "lr": (1e-12, None),
+        "rehearse": (0, None),
+        "rehearse_overlap": (0, 1),
+    }
+    for key, value in SETTINGS.items():  # refuse a bad setting before any folder is made or model loaded
+        low, high = ranges[key]
+        if value < low or (high is not None and value > high):
+            parser.error(f"--{key.replace('_', '-')} {value} is out of range")
 
     skipped = []
     facts = read_zsre_json(ZSRE, on_skip=skipped.append, limit=2 * max(args.t))[: max(args.t)]
@@ -147,31 +164,64 @@ def main() -> None:
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
             timed = [s for s in seconds[:size] if s == s]
             generated = {f"generated_{key}": value for key, value in result["generate"].items()}
-            row = {"T": size, "method": method, **result["scores"], **generated, "routing": result["routing"],
-                   **_gen_split(facts[:size], result["per_record"]),
-                   "seconds_per_edit": sum(timed) / len(timed) if timed else None,
-                   "median_seconds_per_edit": statistics.median(timed) if timed else None}
+            row = {
+                "T": size,
+                "method": method,
+                **result["scores"],
+                **generated,
+                "routing": result["routing"],
+                **_gen_split(facts[:size], result["per_record"]),
+                "seconds_per_edit": sum(timed) / len(timed) if timed else None,
+                "median_seconds_per_edit": statistics.median(timed) if timed else None,
+            }
             rows.append(row)
             if "baseline" in result:
                 rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None})
     print(f"\n{'':>15} | {'teacher-forced':^23} | {'generated':^17} |")
-    print(f"{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'Rel':>5} {'Gen':>5} {'Loc':>5} | "
-          f"{'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6} {'median':>6}")
+    print(
+        f"{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'Rel':>5} {'Gen':>5} {'Loc':>5} | "
+        f"{'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6} {'median':>6}"
+    )
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
-        keys = ("rel", "gen", "loc", "avg", "generated_rel", "generated_gen", "generated_loc", "gen_agreed",
-                "gen_contested", "contested_share")
+        keys = (
+            "rel",
+            "gen",
+            "loc",
+            "avg",
+            "generated_rel",
+            "generated_gen",
+            "generated_loc",
+            "gen_agreed",
+            "gen_contested",
+            "contested_share",
+        )
         cells = [f"{row[k]:.2f}" if row.get(k) is not None else "  -  " for k in keys]
-        per_edit = " ".join(f"{row[k]:>6.2f}" if row.get(k) else f"{'-':>6}"
-                            for k in ("seconds_per_edit", "median_seconds_per_edit"))
-        print(f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | "
-              f"{' '.join(f'{c:>5}' for c in cells[4:7])} | {' '.join(f'{c:>5}' for c in cells[7:])} | {per_edit}")
+        per_edit = " ".join(
+            f"{row[k]:>6.2f}" if row.get(k) else f"{'-':>6}" for k in ("seconds_per_edit", "median_seconds_per_edit")
+        )
+        print(
+            f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | "
+            f"{' '.join(f'{c:>5}' for c in cells[4:7])} | {' '.join(f'{c:>5}' for c in cells[7:])} | {per_edit}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "zsre", "date": time.strftime("%Y-%m-%d"), "settings": SETTINGS,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "versions": {name: metadata.version(name) for name in ("torch", "transformers", "huggingface-hub", "memoir-cli")},
-        "data": str(ZSRE), "skipped_records": skipped, "rows": rows,
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "zsre",
+                "date": time.strftime("%Y-%m-%d"),
+                "settings": SETTINGS,
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+                "versions": {
+                    name: metadata.version(name) for name in ("torch", "transformers", "huggingface-hub", "memoir-cli")
+                },
+                "data": str(ZSRE),
+                "skipped_records": skipped,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -7,6 +7,7 @@ Python API for people who generate with their own code:
     memoir_cli.attach(model, pack)      # model now answers with the pack's edits
     memoir_cli.detach(model)            # the original modules are back, exactly
 """
+
 from ._version import __version__
 from .history import open_pack
 from .memory import attach, detach

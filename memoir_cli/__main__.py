@@ -1,4 +1,5 @@
 """`python -m memoir_cli` is the `memoir` command."""
+
 from .cli import main
 
 main()

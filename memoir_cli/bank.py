@@ -1,4 +1,9 @@
-"""The mask bank: one TopHash mask per edit, and the best match for a batch of query masks."""
+"""The mask bank: one TopHash mask per edit, and the best match for a batch of query masks.
+
+The bank counts shared features (|m_q AND m_i|); dividing by k, the pack's setting, makes the
+overlap routing compares with tau (memory.py).
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +16,6 @@ class MaskBank:
     """Masks [n, d_ff] (bool), their edit ids, and which edits routing may still select."""
 
     d_ff: int
-    k: int
     masks: torch.Tensor = None  # type: ignore[assignment]
     ids: list[str] = field(default_factory=list)
     active: torch.Tensor = None  # type: ignore[assignment]
@@ -38,21 +42,24 @@ class MaskBank:
         """Routing never selects this edit again (its columns stay in the memory)."""
         self.active[self.ids.index(edit_id)] = False
 
-    def overlaps(self, queries: torch.Tensor) -> torch.Tensor:
-        """|m_q AND m_i| / k for every query row and bank row: [batch, n] in float32."""
+    def shared(self, queries: torch.Tensor) -> torch.Tensor:
+        """|m_q AND m_i| for every query row and bank row: [batch, n] in float32."""
         if self._float_cache is None or self._float_cache.device != queries.device:
             self._float_cache = self.masks.to(device=queries.device, dtype=torch.float32)
-        return (queries.float() @ self._float_cache.T) / self.k
+        return queries.float() @ self._float_cache.T
+
+    def copy(self) -> MaskBank:
+        return MaskBank(self.d_ff, self.masks.clone(), list(self.ids), self.active.clone())
 
     def best_match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each query the best active edit's row (-1 if none) and its overlap (0.0 if none).
+        """For each query the best active edit's row (-1 if none) and its shared count (0 if none).
 
         Ties go to the most recent edit: a later fact is newer knowledge.
         """
         batch = queries.shape[0]
         if len(self) == 0 or not bool(self.active.any()):
             return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
-        scores = self.overlaps(queries).cpu()
+        scores = self.shared(queries).cpu()
         scores[:, ~self.active] = -1.0
         reversed_best = scores.flip(1).argmax(dim=1)
         rows = len(self) - 1 - reversed_best

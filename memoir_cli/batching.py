@@ -2,6 +2,7 @@
 
 Training and scoring must agree on which tokens are "the target", so both use `prompt_target_ids`.
 """
+
 from __future__ import annotations
 
 import torch

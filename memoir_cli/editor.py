@@ -17,48 +17,28 @@ every optimisation step then replays only the blocks from the edit layer up (`fa
 `fast=False` is the straightforward procedure (the full model forward and backward at every step),
 kept as the reference the benchmark and tests compare against.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .facts import Fact
-from .memory import MemoirLinear, ResidualMemory, TrainingState
-from .models import decoder_layers, final_norm
 from .batching import pad_left, prompt_target_ids
+from .config import TrainingConfig
+from .facts import Fact
+from .memory import MemoirLinear, TrainingState, attach, detach
+from .models import LoadedModel, decoder_layers, final_norm
+from .pack import Pack
 from .tophash import prompt_features
 
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 PREFIX_LENGTHS = (5, 10)
-
-
-def default_lr(d_ff: int) -> float:
-    """The reference's 1.0 at its scale (Llama-3-8B, d_ff 14336); 4.0 for narrow layers.
-
-    The gradient is clipped to norm 1, so one step moves W_m by at most `lr`, and how far the
-    output moves per step grows with the activations' size. On SmolLM2-135M (d_ff 1536) lr 1.0
-    leaves 30 steps far from fitting (docs/BENCHMARKS.md); 4.0 fits.
-    """
-    return 1.0 if d_ff >= 8192 else 4.0
-
-
-@dataclass(frozen=True)
-class EditSettings:
-    """The reference optimiser and stop rule (MEMOIR.md), plus rehearsal (see the module doc)."""
-
-    steps: int = 30
-    lr: float = 1.0
-    weight_decay: float = 1e-5
-    clip: float = 1.0
-    stop_loss: float = 0.02
-    stop_delta: float = 1e-4
-    rehearse: int = 8
-    rehearse_overlap: float | None = 0.0  # minimum mask overlap of a rehearsed edit; None: the routing threshold
 
 
 @dataclass
@@ -82,7 +62,11 @@ def generate_prefixes(model: nn.Module, tokenizer, seed: int) -> list[str]:
             for start in PREFIX_STARTS:
                 inputs = tokenizer(start, return_tensors="pt").to(device)
                 output = model.generate(
-                    **inputs, do_sample=True, top_k=5, max_new_tokens=length, min_new_tokens=length,
+                    **inputs,
+                    do_sample=True,
+                    top_k=5,
+                    max_new_tokens=length,
+                    min_new_tokens=length,
                     pad_token_id=tokenizer.pad_token_id,
                 )
                 text = tokenizer.decode(output[0], skip_special_tokens=True)
@@ -90,25 +74,37 @@ def generate_prefixes(model: nn.Module, tokenizer, seed: int) -> list[str]:
     return prefixes
 
 
-class Editor:
-    """Writes facts into `memory` (and `facts`, one per bank row) through the wrapped edit layer."""
+@contextmanager
+def editing(loaded: LoadedModel, pack: Pack, fast: bool = True) -> Iterator[Editor]:
+    """An Editor for `pack` on the loaded model, with the pack attached while it is used."""
+    wrapper = attach(loaded.model, pack)
+    try:
+        yield Editor(loaded.model, loaded.tokenizer, wrapper, pack, fast)
+    finally:
+        detach(loaded.model)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer,
-        wrapper: MemoirLinear,
-        memory: ResidualMemory,
-        facts: list[Fact],
-        layer_index: int,
-        prefixes: list[str],
-        settings: EditSettings = EditSettings(),
-        fast: bool = True,
-    ) -> None:
-        self.model, self.tokenizer, self.wrapper, self.memory = model, tokenizer, wrapper, memory
-        self.facts, self.layer_index, self.prefixes = facts, layer_index, prefixes
-        self.settings, self.fast = settings, fast
+
+class Editor:
+    """Writes facts into a pack (its memory, its bank and its facts, one per bank row) through the
+    wrapped edit layer, with the pack's own training settings."""
+
+    def __init__(self, model: nn.Module, tokenizer, wrapper: MemoirLinear, pack: Pack, fast: bool = True) -> None:
+        self.model, self.tokenizer, self.wrapper, self.pack = model, tokenizer, wrapper, pack
+        self.memory, self.facts = pack.memory, pack.facts
+        self.fast = fast
         self.device = next(model.parameters()).device
+
+    @property
+    def settings(self) -> TrainingConfig:
+        return self.pack.manifest.training
+
+    @property
+    def layer_index(self) -> int:
+        return self.pack.manifest.layer.index
+
+    @property
+    def prefixes(self) -> list[str]:
+        return self.pack.manifest.prefixes
 
     def mask_for(self, prompt: str) -> torch.Tensor:
         """The fact's TopHash mask, from the bare prompt (as routing will see it)."""
@@ -120,7 +116,7 @@ class Editor:
         bank = self.memory.bank
         if self.settings.rehearse <= 0 or len(bank) == 0:
             return []
-        overlap = bank.overlaps(mask.unsqueeze(0))[0].cpu()
+        overlap = self.memory.overlaps(mask.unsqueeze(0))[0].cpu()
         overlap[~bank.active] = -1.0
         floor = self.memory.threshold if self.settings.rehearse_overlap is None else self.settings.rehearse_overlap
         candidates = (overlap >= floor).nonzero().squeeze(1)
@@ -165,7 +161,11 @@ class Editor:
                 value = loss.item()
                 if on_step:
                     on_step(step, value)
-                if value <= self.settings.stop_loss and previous is not None and abs(previous - value) <= self.settings.stop_delta:
+                if (
+                    value <= self.settings.stop_loss
+                    and previous is not None
+                    and abs(previous - value) <= self.settings.stop_delta
+                ):
                     converged = True
                     break
                 loss.backward()

@@ -1,4 +1,5 @@
 """Errors the CLI turns into one clear line and a meaningful exit code (never a traceback)."""
+
 from __future__ import annotations
 
 

@@ -10,11 +10,12 @@ Routing is decided from the prompt tokens only, as it is for a real query. `--ge
 stricter, user-facing check: greedy generation must start with the target (for locality: equal the
 base model's text).
 """
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -85,7 +86,7 @@ class Scorer:
             if edited:
                 with self.wrapper.routing_from(prompt_mask):
                     logits = self.model(**batch, use_cache=False).logits
-                routes = self.wrapper.routes.describe(self.wrapper.memories)
+                routes = self.wrapper.describe_routes()
             else:
                 with self.wrapper.bypassed():
                     logits = self.model(**batch, use_cache=False).logits
@@ -133,9 +134,11 @@ class ProbeSet:
     loc_owner: list[int]
 
     @classmethod
-    def of(cls, facts: list[Fact]) -> "ProbeSet":
+    def of(cls, facts: list[Fact]) -> ProbeSet:
         gen_owner, gen = _flatten([[Probe(r, f.target) for r in f.rephrases] for f in facts])
-        loc_owner, loc = _flatten([[Probe(item["prompt"], item.get("target") or "") for item in f.locality] for f in facts])
+        loc_owner, loc = _flatten(
+            [[Probe(item["prompt"], item.get("target") or "") for item in f.locality] for f in facts]
+        )
         return cls([Probe(f.prompt, f.target) for f in facts], gen, gen_owner, loc, loc_owner)
 
     def gen_of(self, index: int, values: list) -> list:
@@ -175,43 +178,53 @@ def evaluate(
     records = []
     for index, fact in enumerate(facts):
         gens, locs = probes.gen_of(index, gen), probes.loc_of(index, loc_pairs)
-        records.append({
-            "id": fact.id,
-            "rel": token_accuracy(rel[index].predicted, rel[index].expected),
-            "gen": _mean([token_accuracy(g.predicted, g.expected) for g in gens]),
-            "loc": _mean([token_accuracy(e.predicted, b.predicted) for e, b in locs]),
-            "rel_route": rel[index].route,
-            "gen_routes": [g.route for g in gens],
-            "loc_routes": [e.route for e, _ in locs],
-        })
-    report = EvalReport(scores=_scores(records), routing=_routing(facts, records, edit_targets),
-                        records=records)
+        records.append(
+            {
+                "id": fact.id,
+                "rel": token_accuracy(rel[index].predicted, rel[index].expected),
+                "gen": _mean([token_accuracy(g.predicted, g.expected) for g in gens]),
+                "loc": _mean([token_accuracy(e.predicted, b.predicted) for e, b in locs]),
+                "rel_route": rel[index].route,
+                "gen_routes": [g.route for g in gens],
+                "loc_routes": [e.route for e, _ in locs],
+            }
+        )
+    report = EvalReport(scores=_scores(records), routing=_routing(facts, records, edit_targets), records=records)
     if baseline:
         rel_base = scorer.teacher_forced(probes.rel, edited=False)
         gen_base = scorer.teacher_forced(probes.gen, edited=False)
-        report.baseline = _scores([
-            {
-                "rel": token_accuracy(rel_base[i].predicted, rel_base[i].expected),
-                "gen": _mean([token_accuracy(g.predicted, g.expected) for g in probes.gen_of(i, gen_base)]),
-                "loc": 1.0 if fact.locality else None,
-            }
-            for i, fact in enumerate(facts)
-        ])
+        report.baseline = _scores(
+            [
+                {
+                    "rel": token_accuracy(rel_base[i].predicted, rel_base[i].expected),
+                    "gen": _mean([token_accuracy(g.predicted, g.expected) for g in probes.gen_of(i, gen_base)]),
+                    "loc": 1.0 if fact.locality else None,
+                }
+                for i, fact in enumerate(facts)
+            ]
+        )
     if check_generation:
         report.generate = _generation_check(facts, probes, generate_fn, scorer.tokenizer, records)
     return report
 
 
-def _metered(scorer: Scorer, probes: ProbeSet, generate_fn, check_generation: bool, baseline: bool,
-             on_progress: Progress | None):
+def _metered(
+    scorer: Scorer, probes: ProbeSet, generate_fn, check_generation: bool, baseline: bool, on_progress: Progress | None
+):
     """Report progress to `on_progress` from the scorer's batches and from `generate_fn`, which is
     returned wrapped to generate a batch at a time. The total is every sequence the run will score
     or generate, known before it starts."""
     if on_progress is None:
         return generate_fn
     n_rel, n_gen, n_loc = len(probes.rel), len(probes.gen), len(probes.loc)
-    total = (n_rel + n_gen + 2 * n_loc + sum(not p.target.strip() for p in probes.loc)
-             + (n_rel + n_gen if baseline else 0) + (n_rel + n_gen + 2 * n_loc if check_generation else 0))
+    total = (
+        n_rel
+        + n_gen
+        + 2 * n_loc
+        + sum(not p.target.strip() for p in probes.loc)
+        + (n_rel + n_gen if baseline else 0)
+        + (n_rel + n_gen + 2 * n_loc if check_generation else 0)
+    )
     done = 0
 
     def advance(rows: int) -> None:
@@ -257,8 +270,11 @@ def _generation_check(facts: list[Fact], probes: ProbeSet, generate_fn, tokenize
     per_record = []
     for index, fact in enumerate(facts):
         hits = [o.strip().startswith(fact.target) for o in probes.gen_of(index, gen_out)]
-        record = {"rel": float(rel_out[index].strip().startswith(fact.target)), "gen": _mean(hits),
-                  "loc": _mean(probes.loc_of(index, loc_same))}
+        record = {
+            "rel": float(rel_out[index].strip().startswith(fact.target)),
+            "gen": _mean(hits),
+            "loc": _mean(probes.loc_of(index, loc_same)),
+        }
         records[index]["generate"] = dict(record, output=rel_out[index])
         per_record.append(record)
     return _scores(per_record)

@@ -3,15 +3,17 @@
 Every problem is reported as `file:line: message`, all of them at once, so a user fixes a file in
 one pass instead of one error per run.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jsonschema
 
@@ -39,7 +41,7 @@ class Fact:
         return {key: value for key, value in record.items() if value not in (None, [], {})}
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "Fact":
+    def from_json(cls, record: dict[str, Any]) -> Fact:
         prompt, target = record["prompt"], record["target"]
         return cls(
             prompt=prompt,
@@ -58,7 +60,7 @@ def fact_id(prompt: str, target: str) -> str:
     return f"e-{digest[:12]}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """A JSON schema shipped in `schemas/`."""
     return json.loads((SCHEMA_DIR / name).read_text())

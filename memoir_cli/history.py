@@ -12,26 +12,56 @@ and the settings in force (its manifest). Replaying them on the same device and 
 the version bit for bit (editing is deterministic there); the record's sha256 of each data file
 proves it. That is how versions whose files were not kept are read back.
 """
+
 from __future__ import annotations
 
-import copy
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .bank import MaskBank
-from .editor import Editor
+from .config import Manifest
+from .editor import editing
 from .errors import BadInputError, PackError
 from .facts import Fact
-from .memory import attach, detach
+from .hub import resolve
+from .memory import ResidualMemory
 from .models import LoadedModel
-from .pack import Pack, edit_settings, write_data_files
-from .store import NotStoredError, PackRef, commit, head_version, load_pack, pack_lock, read_record, stored
+from .pack import Pack, write_data_files
+from .refs import HubRef, PackRef, parse_ref
+from .store import (
+    NotStoredError,
+    commit,
+    head_version,
+    load_pack,
+    read_record,
+    record_manifest,
+    stored,
+    writing,
+)
 
 ModelLoader = Callable[[Pack], LoadedModel]
+
+
+@dataclass
+class NewVersion:
+    """What a command that adds one version did (revert, rollback, rebuild)."""
+
+    pack: str
+    version: int
+    reverted: list[str] | None = None  # revert: the edits deactivated
+    restored: int | None = None  # rollback: the version whose state came back
+
+    def to_json(self) -> dict:
+        record: dict = {"pack": self.pack}
+        if self.reverted is not None:
+            record["reverted"] = self.reverted
+        if self.restored is not None:
+            record["restored"] = self.restored
+        return dict(record, version=self.version)
 
 
 @dataclass
@@ -43,8 +73,11 @@ class WeightChange:
     relative: float | None  # norm / ||before||; None when before is all zeros
 
     def to_json(self) -> dict:
-        return {"columns_touched": self.columns_touched, "norm": round(self.norm, 6),
-                "relative": None if self.relative is None else round(self.relative, 6)}
+        return {
+            "columns_touched": self.columns_touched,
+            "norm": round(self.norm, 6),
+            "relative": None if self.relative is None else round(self.relative, 6),
+        }
 
 
 def weight_change(before: torch.Tensor, after: torch.Tensor) -> WeightChange:
@@ -54,8 +87,15 @@ def weight_change(before: torch.Tensor, after: torch.Tensor) -> WeightChange:
     return WeightChange(int((delta != 0).any(dim=0).sum()), norm, norm / base if base > 0 else None)
 
 
-def edit_record(kind: str, message: str | None, ops: list[list], facts: list[Fact],
-                replaced: dict[str, str] | None = None, change: WeightChange | None = None, **extra) -> dict:
+def edit_record(
+    kind: str,
+    message: str | None,
+    ops: list[list],
+    facts: list[Fact],
+    replaced: dict[str, str] | None = None,
+    change: WeightChange | None = None,
+    **extra,
+) -> dict:
     """The part of a version record the caller knows: what was done and why."""
     added = [op[1] for op in ops if op[0] == "edit"]
     replaced = {new: old for new, old in (replaced or {}).items() if new in added}
@@ -63,8 +103,12 @@ def edit_record(kind: str, message: str | None, ops: list[list], facts: list[Fac
     return {
         "kind": kind,
         "message": message or _default_message(kind, added, replaced, deactivated, extra),
-        "changes": {"added": [i for i in added if i not in replaced], "replaced": replaced, "deactivated": deactivated,
-                    **extra},
+        "changes": {
+            "added": [i for i in added if i not in replaced],
+            "replaced": replaced,
+            "deactivated": deactivated,
+            **extra,
+        },
         "facts": [f.to_json() for f in facts],
         "ops": ops,
         "stats": change.to_json() if change else None,
@@ -76,8 +120,15 @@ def _default_message(kind: str, added, replaced, deactivated, extra) -> str:
         return f"rollback to version {extra['restored']}"
     if kind == "rebuild":
         return f"rebuild: {len(added)} active facts replayed into a compact memory"
-    parts = [f"{n} {label}" for n, label in ((len(added) - len(replaced), "added"), (len(replaced), "replaced"),
-                                             (len(deactivated), "deactivated")) if n]
+    parts = [
+        f"{n} {label}"
+        for n, label in (
+            (len(added) - len(replaced), "added"),
+            (len(replaced), "replaced"),
+            (len(deactivated), "deactivated"),
+        )
+        if n
+    ]
     return f"{kind}: " + (", ".join(parts) if parts else "settings changed")
 
 
@@ -88,39 +139,57 @@ def log(path: str | Path, upto: int | None = None) -> list[dict]:
     last = head_version(path) if upto is None else read_record(path, upto)["version"]  # read_record refuses a bad N
     entries = []
     for record in (read_record(path, number) for number in range(1, last + 1)):
-        manifest, changes = record["manifest"], record.get("changes", {})
-        entries.append({
-            "version": record["version"],
-            "created_at": record["created_at"],
-            "kind": record.get("kind"),
-            "message": record.get("message"),
-            "added": len(changes.get("added", [])),
-            "replaced": len(changes.get("replaced", {})),
-            "deactivated": len(changes.get("deactivated", [])),
-            "restored": changes.get("restored"),
-            "edits": manifest["counts"]["edits"],
-            "active": manifest["counts"]["active"],
-            "stored": stored(path, manifest),
-            "stats": record.get("stats"),
-        })
+        manifest, changes = record_manifest(record), record.get("changes", {})
+        entries.append(
+            {
+                "version": record["version"],
+                "created_at": record["created_at"],
+                "kind": record.get("kind"),
+                "message": record.get("message"),
+                "added": len(changes.get("added", [])),
+                "replaced": len(changes.get("replaced", {})),
+                "deactivated": len(changes.get("deactivated", [])),
+                "restored": changes.get("restored"),
+                "edits": manifest.counts.edits,
+                "active": manifest.counts.active,
+                "stored": stored(path, manifest),
+                "stats": record.get("stats"),
+            }
+        )
     return entries
 
 
-def open_pack(ref: str | Path | PackRef, model_loader: ModelLoader | None = None) -> Pack:
-    """The pack at `ref` (a folder, `PACK@N`, or a Hub repo `user/pack[@v3]`, downloaded through the
-    Hugging Face cache), replaying the version if its files were not kept (that needs `model_loader`)."""
-    from .hub import resolve_reference
-
-    ref, name = resolve_reference(ref)
+def open_pack(
+    ref: str | Path | PackRef | HubRef, model_loader: ModelLoader | None = None, token: str | None = None
+) -> Pack:
+    """The pack that `ref` names (refs.py: a folder, `PACK@N`, or a Hub repo `user/pack[@v3]`,
+    downloaded through the Hugging Face cache with `token`), replaying the version if its files
+    were not kept (that needs `model_loader`). Every command that reads a pack opens it here."""
+    local, label = resolve(parse_ref(ref), token)
     try:
-        pack = load_pack(ref)
+        pack = load_pack(local)
     except NotStoredError:
         if model_loader is None:
             raise
-        pack = materialise(ref.path, ref.version, model_loader)
-    if name is not None:
-        pack.memory.name = name
+        pack = materialise(local.path, local.version, model_loader)
+    if label is not None:
+        pack.label = label
     return pack
+
+
+def versions_from(path: Path, start: int, model_loader: ModelLoader) -> Iterator[Pack]:
+    """Versions `start` to the current one, oldest first: each kept one read, each other one
+    replayed from the version before it, so a long history is replayed once (what push sends)."""
+    previous: Pack | None = None
+    for number in range(start, head_version(path) + 1):
+        try:
+            previous = load_pack(PackRef(path, number))
+        except NotStoredError:
+            if previous is None:
+                previous = materialise(path, number, model_loader)
+            else:
+                previous = replay(previous, read_record(path, number), model_loader(previous), path, model_loader)
+        yield previous
 
 
 def materialise(path: Path, number: int, model_loader: ModelLoader) -> Pack:
@@ -143,7 +212,7 @@ def materialise(path: Path, number: int, model_loader: ModelLoader) -> Pack:
 
 def replay(parent: Pack, record: dict, loaded: LoadedModel, path: Path, model_loader: ModelLoader) -> Pack:
     """Apply one version's operations to its parent's state and prove the result is that version."""
-    manifest = copy.deepcopy(record["manifest"])
+    manifest = record_manifest(record)
     facts = {f["id"]: Fact.from_json(f) for f in record.get("facts", [])}
     pack = _with_manifest(parent, manifest)
     ops = record.get("ops", [])
@@ -153,10 +222,7 @@ def replay(parent: Pack, record: dict, loaded: LoadedModel, path: Path, model_lo
     if ops and ops[0][0] == "reset":
         pack = _empty_like(pack)
         ops = ops[1:]
-    wrapper = attach(loaded.model, pack)
-    try:
-        editor = Editor(loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts, manifest["layer"]["index"],
-                        manifest["prefixes"], edit_settings(pack))
+    with editing(loaded, pack) as editor:
         for op, value in ops:
             if op == "deactivate":
                 pack.memory.bank.deactivate(value)
@@ -164,18 +230,17 @@ def replay(parent: Pack, record: dict, loaded: LoadedModel, path: Path, model_lo
                 editor.edit(facts[value])
             else:
                 raise PackError(f"{path}: version {record['version']}: unknown operation {op!r}")
-    finally:
-        detach(loaded.model)
     _check_reproduced(pack, record, path)
-    pack.path, pack.version = path, record["version"]
-    pack.memory.name = f"{path.name}@{record['version']}"
+    pack.path, pack.version, pack.label = path, record["version"], f"{path.name}@{record['version']}"
     return pack
 
 
 def _check_reproduced(pack: Pack, record: dict, path: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         files = write_data_files(pack, Path(folder))
-    differing = [name for name, entry in record["manifest"]["files"].items() if files[name]["sha256"] != entry["sha256"]]
+    differing = [
+        name for name, entry in record["manifest"]["files"].items() if files[name]["sha256"] != entry["sha256"]
+    ]
     if differing:
         replay_info = record.get("replay") or {}
         raise PackError(
@@ -185,20 +250,24 @@ def _check_reproduced(pack: Pack, record: dict, path: Path) -> None:
         )
 
 
-def _with_manifest(pack: Pack, manifest: dict) -> Pack:
-    memory = copy.copy(pack.memory)
-    memory.weight = pack.memory.weight.clone()
-    memory.bank = MaskBank(pack.memory.bank.d_ff, pack.memory.bank.k, pack.memory.bank.masks.clone(),
-                           list(pack.memory.bank.ids), pack.memory.bank.active.clone())
-    memory.threshold = manifest["routing"]["threshold"]
-    return Pack(manifest=manifest, memory=memory, facts=list(pack.facts), path=pack.path)
+def _with_manifest(pack: Pack, manifest: Manifest) -> Pack:
+    """A copy of `pack`'s state (weights, bank, facts) under another version's settings."""
+    memory = ResidualMemory(
+        pack.memory.weight.clone(), pack.memory.bank.copy(), pack.memory.permutation, pack.memory.background, manifest
+    )
+    return Pack(memory=memory, facts=list(pack.facts), path=pack.path)
 
 
 def _empty_like(pack: Pack) -> Pack:
-    memory = copy.copy(pack.memory)
-    memory.weight = torch.zeros_like(pack.memory.weight)
-    memory.bank = MaskBank(d_ff=pack.memory.bank.d_ff, k=pack.memory.bank.k)
-    return Pack(manifest=pack.manifest, memory=memory, facts=[], path=pack.path)
+    """An empty memory and bank with `pack`'s settings, layer, permutation and background."""
+    memory = ResidualMemory(
+        torch.zeros_like(pack.memory.weight),
+        MaskBank(d_ff=pack.memory.bank.d_ff),
+        pack.memory.permutation,
+        pack.memory.background,
+        pack.manifest,
+    )
+    return Pack(memory=memory, facts=[], path=pack.path)
 
 
 def replay_info(loaded: LoadedModel, dtype: str) -> dict:
@@ -207,50 +276,70 @@ def replay_info(loaded: LoadedModel, dtype: str) -> dict:
     return {"device": device.type, "dtype": dtype, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def rollback(path: str | Path, to: int, model_loader: ModelLoader, message: str | None = None, wait: bool = True,
-             on_wait: Callable[[str], None] | None = None) -> int:
-    """Make version `to`'s state current again, as a new version; returns its number."""
-    path = Path(path)
-    head_version(path)  # a missing pack is named before anything (even a lock file) is written
-    with pack_lock(path, wait=wait, on_wait=on_wait):
+def rollback(
+    path: str | Path,
+    to: int,
+    model_loader: ModelLoader,
+    message: str | None = None,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+) -> NewVersion:
+    """Make version `to`'s state current again, as a new version."""
+    with writing(path, wait=wait, on_wait=on_wait) as path:
         head = head_version(path)
         if to == head:
             raise BadInputError(f"{path}: version {to} is already the current version")
         current = load_pack(path)
         target = open_pack(PackRef(path, to), model_loader)
-        target.manifest = copy.deepcopy(target.manifest)
-        record = edit_record("rollback", message, [["restore", to]], [], restored=to,
-                             change=weight_change(current.memory.weight, target.memory.weight))
+        record = edit_record(
+            "rollback",
+            message,
+            [["restore", to]],
+            [],
+            restored=to,
+            change=weight_change(current.memory.weight, target.memory.weight),
+        )
         record["replay"] = read_record(path, to).get("replay")
-        return commit(target, path, record, current.manifest.get("snapshot_every"))  # storage policy stays current
+        version = commit(target, path, record, current.manifest.snapshot_every)  # storage policy stays current
+    return NewVersion(str(path), version, restored=to)
 
 
-def rebuild(path: str | Path, model_loader: ModelLoader, dtype: str, message: str | None = None, wait: bool = True,
-            on_wait: Callable[[str], None] | None = None, on_start: Callable[[int], None] | None = None,
-            on_fact: Callable[[int, object], None] | None = None) -> int:
+def rebuild(
+    path: str | Path,
+    model_loader: ModelLoader,
+    dtype: str,
+    message: str | None = None,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_fact: Callable[[int, object], None] | None = None,
+) -> NewVersion:
     """Replay the active facts, in order, into an empty memory (dropping reverted and replaced edits)."""
-    path = Path(path)
-    head_version(path)  # a missing pack is named before anything (even a lock file) is written
-    with pack_lock(path, wait=wait, on_wait=on_wait):
+    with writing(path, wait=wait, on_wait=on_wait) as path:
         current = load_pack(path)
-        active = [f for f, on in zip(current.facts, current.memory.bank.active.tolist()) if on]
+        active = current.active_facts()
         loaded = model_loader(current)
-        pack = _empty_like(_with_manifest(current, copy.deepcopy(current.manifest)))
-        wrapper = attach(loaded.model, pack)
-        try:
-            editor = Editor(loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts,
-                            pack.manifest["layer"]["index"], pack.manifest["prefixes"], edit_settings(pack))
+        pack = _empty_like(_with_manifest(current, current.manifest.copy()))
+        with editing(loaded, pack) as editor:
             if on_start:
                 on_start(len(active))
             for number, fact in enumerate(active):
                 result = editor.edit(fact)
                 if on_fact:
                     on_fact(number, result)
-        finally:
-            detach(loaded.model)
-        record = edit_record("rebuild", message, [["reset"]] + [["edit", f.id] for f in active], active,
-                             change=weight_change(current.memory.weight, pack.memory.weight))
-        record["changes"] = {"added": [], "replaced": {}, "deactivated": [], "rebuilt": len(active),
-                             "dropped": len(current.facts) - len(active)}
+        record = edit_record(
+            "rebuild",
+            message,
+            [["reset"]] + [["edit", f.id] for f in active],
+            active,
+            change=weight_change(current.memory.weight, pack.memory.weight),
+        )
+        record["changes"] = {
+            "added": [],
+            "replaced": {},
+            "deactivated": [],
+            "rebuilt": len(active),
+            "dropped": len(current.facts) - len(active),
+        }
         record["replay"] = replay_info(loaded, dtype)
-        return commit(pack, path, record)
+        return NewVersion(str(path), commit(pack, path, record))

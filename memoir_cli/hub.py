@@ -10,61 +10,37 @@ HF_TOKEN and HF_HUB_OFFLINE behave as in other Hugging Face tools. Only the pack
 downloaded (JSON, JSONL, safetensors, the card), and the pulled folder is then read like any local
 pack: manifest validated against the schema first, every file checked against its sha256.
 """
+
 from __future__ import annotations
 
+import importlib
 import json
 import re
-import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
-from .errors import BadInputError, HubError, PackError
+from .errors import BadInputError, HubError, PackBusyError, PackError
 from .pack import CARD_FILE, MANIFEST, Pack, model_card, write_data_files
-from .store import PackRef, head_version, parse_ref, read_record
+from .refs import HubRef, PackRef, parse_ref
+from .store import head_version, pack_lock, read_record, write_atomic
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TAG = re.compile(r"^v(\d+)$")
 PACK_FILES = ["manifest.json", "README.md", "*.safetensors", "facts.jsonl", "versions/*.json"]
 EVAL_FILE = "eval.json"
 
 
-@dataclass(frozen=True)
-class HubRef:
-    """`user/pack`, `user/pack@v3` (a version's tag; `@3` means the same) or `user/pack@<commit>`."""
-
-    repo_id: str
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
-
-
-def parse_hub_ref(text: str | Path) -> HubRef | None:
-    """A Hub reference, or None for a local path (an existing local folder always wins)."""
-    text = str(text)
-    if Path(text).exists() or Path(text.partition("@")[0]).exists():
-        return None
-    repo_id, _, revision = text.partition("@")
-    if not REPO_ID.match(repo_id) or repo_id.startswith((".", "/")):
-        return None
-    return HubRef(repo_id, f"v{revision}" if revision.isdigit() else (revision or None))
-
-
-def resolve_reference(text: str | Path | PackRef, token: str | None = None) -> tuple[PackRef, str | None]:
-    """A local pack reference for `text`, downloading it first if it names a Hub repo; with the
+def resolve(ref: PackRef | HubRef, token: str | None = None) -> tuple[PackRef, str | None]:
+    """A local pack reference for `ref`, downloading it first if it names a Hub repo; with the
     Hub reference as the pack's display name (None for a local pack)."""
-    if isinstance(text, PackRef):
-        return text, None
-    hub_ref = parse_hub_ref(text)
-    if hub_ref is None:
-        return parse_ref(text), None
+    if isinstance(ref, PackRef):
+        return ref, None
     try:
-        return PackRef(download(hub_ref, token)), str(hub_ref)
+        return PackRef(download(ref, token)), str(ref)
     except HubError as error:  # perhaps a mistyped local folder: say both
-        raise HubError(f"no pack folder {text!r} here, and on the Hub: {error.message}") from None
+        raise HubError(f"no pack folder {str(ref)!r} here, and on the Hub: {error.message}") from None
 
 
 def download(ref: HubRef, token: str | None = None) -> Path:
@@ -80,10 +56,12 @@ def download(ref: HubRef, token: str | None = None) -> Path:
 
 def pull(text: str, to: Path | None = None, token: str | None = None) -> Path:
     """Download a pack (checked in full) into the cache, and copy it to `to` if given; returns its folder."""
+    from huggingface_hub import snapshot_download
+
     from .store import load_pack
 
-    ref = parse_hub_ref(text)
-    if ref is None:
+    ref = parse_ref(text)
+    if not isinstance(ref, HubRef):
         raise BadInputError(f"{text}: not a Hub repo id (expected user/pack, user/pack@v3 or user/pack@<commit>)")
     folder = download(ref, token)
     load_pack(folder)  # schema, checksums, shapes: a bad pack is refused before anyone uses it
@@ -91,7 +69,8 @@ def pull(text: str, to: Path | None = None, token: str | None = None) -> Path:
         return folder
     if to.exists() and any(to.iterdir()):
         raise PackError(f"{to} exists and is not empty; refusing to overwrite it")
-    shutil.copytree(folder, to, dirs_exist_ok=True)  # copies the files the cache's links point to
+    with hub_errors(str(ref), token):  # from the cache just filled: nothing is downloaded twice
+        snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=PACK_FILES, token=token, local_dir=to)
     load_pack(to)
     return to
 
@@ -103,14 +82,28 @@ class PushResult:
     already: list[int]  # versions the repo had
     url: str
 
+    def to_json(self) -> dict:
+        return {"repo_id": self.repo_id, "url": self.url, "pushed": self.pushed, "already_on_hub": self.already}
 
-def push(pack_path: Path, repo_id: str, model_loader, private: bool = False, token: str | None = None,
-         message: str | None = None, license: str | None = None,
-         on_version: Callable[[int], None] | None = None) -> PushResult:
-    """Push every version of the local pack that the repo does not have yet, oldest first."""
+
+def push(
+    pack_path: Path,
+    repo_id: str,
+    versions: Callable[[int], Iterator[Pack]],
+    private: bool = False,
+    token: str | None = None,
+    message: str | None = None,
+    license: str | None = None,
+    on_version: Callable[[int], None] | None = None,
+) -> PushResult:
+    """Push every version of the local pack that the repo does not have yet, oldest first.
+
+    `versions(n)` yields the pack's versions from n to its current one (history.versions_from:
+    each kept one read, the others replayed once each).
+    """
     from huggingface_hub import HfApi
 
-    if not REPO_ID.match(repo_id):
+    if not isinstance(parse_ref(repo_id), HubRef) or "@" in repo_id:
         raise BadInputError(f"{repo_id}: not a Hub repo id (expected user/name)")
     pack_path = Path(pack_path)
     head = head_version(pack_path)
@@ -121,35 +114,24 @@ def push(pack_path: Path, repo_id: str, model_loader, private: bool = False, tok
     if remote:
         _check_same_history(api, repo_id, pack_path, remote[-1], head, token)
         license = license or _remote_license(repo_id, f"v{remote[-1]}", token)
-    pushed, pack = [], None
-    for number in range((remote[-1] if remote else 0) + 1, head + 1):
-        pack = _next_version(pack_path, number, pack, model_loader)
+    pushed, start = [], (remote[-1] if remote else 0) + 1
+    for pack in versions(start) if start <= head else ():
+        number = pack.version
         with tempfile.TemporaryDirectory() as folder:
             export_version(pack, pack_path, number, Path(folder), license)
             summary = read_record(pack_path, number)["message"]
             with hub_errors(repo_id, token):
-                commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
-                                           commit_message=f"v{number}: {message or summary}",
-                                           commit_description=f"memoir pack version {number}: {summary}")
+                commit = api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=folder,
+                    commit_message=f"v{number}: {message or summary}",
+                    commit_description=f"memoir pack version {number}: {summary}",
+                )
                 api.create_tag(repo_id, tag=f"v{number}", revision=commit.oid, tag_message=summary)
         pushed.append(number)
         if on_version:
             on_version(number)
     return PushResult(repo_id, pushed, remote, str(url))
-
-
-def _next_version(pack_path: Path, number: int, previous: Pack | None, model_loader) -> Pack:
-    """Version `number`: read if kept, else replayed from `previous` (version number - 1) when
-    that is at hand, so pushing a long history replays each version once."""
-    from .history import open_pack, replay
-    from .store import NotStoredError, load_pack
-
-    try:
-        return load_pack(PackRef(pack_path, number))
-    except NotStoredError:
-        if previous is None or previous.version != number - 1:
-            return open_pack(PackRef(pack_path, number), model_loader)
-        return replay(previous, read_record(pack_path, number), model_loader(previous), pack_path, model_loader)
 
 
 def export_version(pack: Pack, pack_path: Path, number: int, folder: Path, license: str | None = None) -> None:
@@ -166,9 +148,14 @@ def export_version(pack: Pack, pack_path: Path, number: int, folder: Path, licen
 
 
 def remember_scores(pack_path: Path, version: int, summary: dict, data: str | None) -> None:
-    """Keep a version's latest `memoir eval` scores beside the pack, for its model card."""
+    """Keep a version's latest `memoir eval` scores beside the pack, for its model card. They are a
+    convenience: while another process writes the pack they are not kept (and never half-written)."""
     record = {"version": version, "data": data, "records": summary["records"], "scores": summary["scores"]}
-    (Path(pack_path) / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        with pack_lock(pack_path, wait=False):
+            write_atomic(Path(pack_path) / EVAL_FILE, json.dumps(record, indent=2) + "\n")
+    except PackBusyError:
+        return
 
 
 def known_scores(pack_path: Path, version: int) -> dict | None:
@@ -185,23 +172,28 @@ def _check_same_history(api, repo_id: str, pack_path: Path, last: int, head: int
     from huggingface_hub import hf_hub_download
 
     if last > head:
-        raise HubError(f"{repo_id} has version {last}, but {pack_path} only goes to version {head}: "
-                       "pull it instead, or push to another repo")
+        raise HubError(
+            f"{repo_id} has version {last}, but {pack_path} only goes to version {head}: "
+            "pull it instead, or push to another repo"
+        )
     with hub_errors(repo_id, token):
-        remote_manifest = json.loads(Path(hf_hub_download(repo_id, MANIFEST, revision=f"v{last}", token=token)).read_text())
+        remote_manifest = json.loads(
+            Path(hf_hub_download(repo_id, MANIFEST, revision=f"v{last}", token=token)).read_text()
+        )
     if remote_manifest.get("files") != read_record(pack_path, last)["manifest"]["files"]:
-        raise HubError(f"{repo_id}@v{last} is not version {last} of {pack_path} (their files differ): "
-                       "the two histories diverged; push to another repo")
+        raise HubError(
+            f"{repo_id}@v{last} is not version {last} of {pack_path} (their files differ): "
+            "the two histories diverged; push to another repo"
+        )
 
 
 def _remote_license(repo_id: str, revision: str, token) -> str | None:
     """The license the repo's card already declares, so it need not be repeated at every push."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import ModelCard, hf_hub_download
 
     with hub_errors(repo_id, token):
         card = Path(hf_hub_download(repo_id, CARD_FILE, revision=revision, token=token)).read_text()
-    match = re.search(r"^license: (\S+)$", card.split("\n---\n", 1)[0], re.M)
-    return match[1] if match else None
+    return ModelCard(card).data.license
 
 
 @contextmanager
@@ -209,11 +201,21 @@ def hub_errors(what: str, token: str | None = None) -> Iterator[None]:
     """huggingface_hub's exceptions as one clear line each (exit code 6)."""
     from huggingface_hub import constants, get_token
     from huggingface_hub.errors import (
-        HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     try:
         yield
+    except GatedRepoError:
+        raise HubError(
+            f"{what}: the repository is gated: request access on its Hub page, then use a token "
+            "that has it (HF_TOKEN or --token)"
+        ) from None
     except RepositoryNotFoundError:
         hint = "" if (token or get_token()) else "; if it is private, set HF_TOKEN or pass --token"
         raise HubError(f"{what}: repository not found on {constants.ENDPOINT}{hint}") from None
@@ -221,24 +223,42 @@ def hub_errors(what: str, token: str | None = None) -> Iterator[None]:
         raise HubError(f"{what}: the repository has no such revision (tags are v1, v2, ...)") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         if constants.HF_HUB_OFFLINE:
-            raise HubError(f"{what}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
-                           "is set; go online once to download it") from None
-        raise HubError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} and it is not cached "
-                       f"({_cause(error)}); check the network or HF_ENDPOINT and retry") from None
+            raise HubError(
+                f"{what}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
+                "is set; go online once to download it"
+            ) from None
+        raise HubError(
+            f"{what}: cannot reach the Hub at {constants.ENDPOINT} and it is not cached "
+            f"({_cause(error)}); check the network or HF_ENDPOINT and retry"
+        ) from None
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status == 401:
-            raise HubError(f"{what}: the Hub refused the request (401): set a valid token with write access "
-                           "(HF_TOKEN or --token)") from None
+            raise HubError(
+                f"{what}: the Hub refused the request (401): set a valid token with write access (HF_TOKEN or --token)"
+            ) from None
         raise HubError(f"{what}: the Hub answered {status}: {str(error).splitlines()[0]}; retry later") from None
     except OSError as error:
-        raise HubError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({error}); check the network or "
-                       "HF_ENDPOINT and retry") from None
-    except Exception as error:  # the HTTP client's own network errors (connection refused, timeouts)
-        if type(error).__module__.split(".")[0].startswith("httpx"):
-            raise HubError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}); "
-                           "check the network or HF_ENDPOINT and retry") from None
-        raise
+        raise HubError(
+            f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({error}); check the network or "
+            "HF_ENDPOINT and retry"
+        ) from None
+    except _transport_errors() as error:  # the HTTP client's own network errors (connection refused, timeouts)
+        raise HubError(
+            f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}); "
+            "check the network or HF_ENDPOINT and retry"
+        ) from None
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's TransportError: huggingface_hub 1.x talks through httpx, 2.x through httpx2."""
+    classes = []
+    for name in ("httpx", "httpx2"):
+        try:
+            classes.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(classes)
 
 
 def _cause(error: Exception) -> str:

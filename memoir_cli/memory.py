@@ -14,56 +14,92 @@ names change between transformers releases):
 - Any other top-level forward (teacher forcing, a user's own loop) decides afresh, from the
   `attention_mask` it is given.
 """
+
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from .bank import MaskBank
+from .config import Manifest
 from .errors import MemoirError, PackError
 from .tophash import masked_mean, tophash
 
 
 @dataclass
 class ResidualMemory:
-    """One pack's memory: the residual weight [d_out, d_ff], its mask bank and TopHash settings."""
+    """One pack's memory: the residual weight [d_out, d_ff], its mask bank and TopHash data.
+
+    k, tau and the edited layer are settings: they are read from the pack's manifest, the one
+    place they are kept.
+    """
 
     weight: torch.Tensor
     bank: MaskBank
     permutation: torch.Tensor
     background: torch.Tensor
-    k: int
-    threshold: float
-    layer_path: str
-    name: str = "pack"
+    manifest: Manifest
+
+    @property
+    def k(self) -> int:
+        return self.manifest.tophash.k
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.routing.threshold
+
+    @property
+    def layer_path(self) -> str:
+        return self.manifest.layer.path
 
     def query_masks(self, features: torch.Tensor) -> torch.Tensor:
         return tophash(features, self.background, self.k, self.permutation)
+
+    def overlaps(self, queries: torch.Tensor) -> torch.Tensor:
+        """|m_q AND m_i| / k for every query mask and stored mask: [batch, n]."""
+        return self.bank.shared(queries) / self.k
+
+    def best_match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's best active edit (bank row, -1 if none) and its overlap."""
+        rows, shared = self.bank.best_match(queries)
+        return rows, shared / self.k
+
+
+class HasMemory(Protocol):
+    """What attach() needs of a pack: its memory, the name routes report, and the base check."""
+
+    memory: ResidualMemory
+
+    @property
+    def name(self) -> str: ...
+
+    def check_base(self, model: nn.Module) -> None: ...
 
 
 @dataclass
 class Routes:
     """The routing decision for each row of the current call."""
 
-    memory: torch.Tensor  # [batch] index into the wrapper's memories, -1 = no edit
-    row: torch.Tensor  # [batch] row in that memory's bank, -1 = no edit
+    memory: torch.Tensor  # [batch] index into the wrapper's packs, -1 = no edit
+    row: torch.Tensor  # [batch] row in that pack's bank, -1 = no edit
     overlap: torch.Tensor  # [batch] best overlap seen (even below the threshold)
 
-    def describe(self, memories: list[ResidualMemory]) -> list[dict]:
+    def describe(self, packs: list[HasMemory]) -> list[dict]:
         """Per row: the pack and edit routed to (None when the base model answers) and the overlap."""
         rows = []
         for m, r, o in zip(self.memory.tolist(), self.row.tolist(), self.overlap.tolist()):
             routed = m >= 0
             rows.append(
                 {
-                    "pack": memories[m].name if routed else None,
-                    "edit_id": memories[m].bank.ids[r] if routed else None,
+                    "pack": packs[m].name if routed else None,
+                    "edit_id": packs[m].memory.bank.ids[r] if routed else None,
                     "overlap": round(float(o), 4),
                 }
             )
@@ -92,10 +128,10 @@ class TrainingState:
 class MemoirLinear(nn.Module):
     """A Linear layer plus routed residual memories (one per attached pack)."""
 
-    def __init__(self, base: nn.Linear, memories: list[ResidualMemory]) -> None:
+    def __init__(self, base: nn.Linear, packs: list[HasMemory]) -> None:
         super().__init__()
         self.base = base
-        self.memories = memories
+        self.packs = packs
         self.routes: Routes | None = None  # None: the next forward decides
         self._span: torch.Tensor | None = None  # [batch, seq] 1 on the tokens routing reads; None: all
         self._generating = False
@@ -136,11 +172,12 @@ class MemoirLinear(nn.Module):
         best_row = torch.full((batch,), -1, dtype=torch.long)
         best_routed = torch.full((batch,), -1.0)
         seen = torch.zeros(batch)
-        if not self.memories:
+        if not self.packs:
             return Routes(best_memory, best_row, seen)
         features = masked_mean(x, attention_mask)
-        for index, memory in enumerate(self.memories):
-            rows, overlap = memory.bank.best_match(memory.query_masks(features))
+        for index, pack in enumerate(self.packs):
+            memory = pack.memory
+            rows, overlap = memory.best_match(memory.query_masks(features))
             seen = torch.maximum(seen, overlap)
             # A later pack wins ties: stacking order says which knowledge is newer.
             wins = (rows >= 0) & (overlap >= memory.threshold) & (overlap >= best_routed)
@@ -152,7 +189,7 @@ class MemoirLinear(nn.Module):
         for index in self.routes.memory.unique().tolist():
             if index < 0:
                 continue
-            memory = self.memories[index]
+            memory = self.packs[index].memory
             batch_rows = (self.routes.memory == index).nonzero().squeeze(1)
             masks = memory.bank.masks[self.routes.row[batch_rows]].to(device=x.device, dtype=x.dtype)
             delta = (x[batch_rows.to(x.device)] * masks.unsqueeze(1)) @ self._weight(index, x).T
@@ -162,7 +199,7 @@ class MemoirLinear(nn.Module):
     def _weight(self, index: int, x: torch.Tensor) -> torch.Tensor:
         key = (index, x.device, x.dtype)
         if key not in self._weights:
-            self._weights[key] = self.memories[index].weight.to(device=x.device, dtype=x.dtype)
+            self._weights[key] = self.packs[index].memory.weight.to(device=x.device, dtype=x.dtype)
         return self._weights[key]
 
     def refresh(self) -> None:
@@ -191,17 +228,16 @@ class MemoirLinear(nn.Module):
     @contextmanager
     def bypassed(self) -> Iterator[None]:
         """Answer as the base model (for side-by-side comparisons) without detaching."""
-        memories, self.memories = self.memories, []
+        packs, self.packs = self.packs, []
         try:
             yield
         finally:
-            self.memories = memories
+            self.packs = packs
 
-
-class HasMemory(Protocol):
-    memory: ResidualMemory
-
-    def check_base(self, model: nn.Module) -> None: ...
+    def describe_routes(self) -> list[dict]:
+        """The current decision of each row: pack, edit id and overlap (see Routes.describe)."""
+        assert self.routes is not None, "no forward pass has routed yet"
+        return self.routes.describe(self.packs)
 
 
 def _forward_hook(wrapper: MemoirLinear, model: nn.Module):
@@ -226,8 +262,10 @@ def _scoped_generate(wrapper: MemoirLinear, model: nn.Module) -> Callable[..., A
     def generate(*args, **kwargs):
         config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
         if getattr(config, "prefill_chunk_size", None) or kwargs.get("prefill_chunk_size"):
-            raise MemoirError("chunked prefill splits the prompt, so routing cannot see it whole; "
-                              "generate with prefill_chunk_size=None when packs are attached")
+            raise MemoirError(
+                "chunked prefill splits the prompt, so routing cannot see it whole; "
+                "generate with prefill_chunk_size=None when packs are attached"
+            )
         with wrapper.generation(prompt_attention_mask(config, args, kwargs)):
             return original(*args, **kwargs)
 
@@ -276,8 +314,7 @@ def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
     """
     if find_wrapper(model) is not None:
         raise MemoirError("this model already has packs attached; detach(model) first")
-    memories = [pack.memory for pack in packs]
-    paths = {memory.layer_path for memory in memories}
+    paths = {pack.memory.layer_path for pack in packs}
     if len(paths) > 1:
         raise PackError(f"stacked packs must edit the same layer; these edit {', '.join(sorted(paths))}")
     for pack in packs:
@@ -290,7 +327,7 @@ def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
     base = getattr(parent, name)
-    wrapper = MemoirLinear(base, memories)
+    wrapper = MemoirLinear(base, list(packs))
     setattr(parent, name, wrapper)
     handle = model.register_forward_pre_hook(_forward_hook(wrapper, model), with_kwargs=True)
     has_generate = callable(getattr(model, "generate", None))

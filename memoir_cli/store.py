@@ -6,8 +6,9 @@
     PACK/README.md               model card of the current version
 
 A commit writes the new objects, then the version record, then swaps `manifest.json` (each by
-write, fsync, rename). A crash before the swap leaves the previous version current, and the
-leftovers (objects, a record numbered past the current version) are swept by the next commit.
+write, fsync, rename). A crash before the swap leaves the previous version current; its leftovers
+are collected later (`collect_garbage`, `memoir gc`). Readers take no lock: an object a version
+no longer needs is deleted only once it is older than a grace period.
 
 Storage: a version's record always names the sha256 of each of its data files, but the files
 themselves are kept only for the current version and every `snapshot_every`-th version. Any
@@ -19,50 +20,39 @@ Flat packs (data files beside the manifest: format 1 packs, which have no histor
 pulled from the Hub, which carry the records of their versions) are read as they are and move
 into the object layout on their first commit.
 """
+
 from __future__ import annotations
 
-import copy
+import dataclasses
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ._version import __version__
+from .config import DEFAULT_SNAPSHOT_EVERY, Manifest
 from .errors import PackBusyError, PackError
-from .pack import CARD_FILE, DATA_FILES, MANIFEST, Pack, file_sha256, model_card, read_pack, validate_document, write_data_files
+from .pack import (
+    CARD_FILE,
+    DATA_FILES,
+    MANIFEST,
+    Pack,
+    file_sha256,
+    model_card,
+    read_pack,
+    validate_document,
+    write_data_files,
+)
+from .refs import PackRef, local_ref
 
 VERSIONS, OBJECTS = "versions", "objects"
-DEFAULT_SNAPSHOT_EVERY = 10
-_REF = re.compile(r"^(?P<path>.+)@v?(?P<version>\d+)$")
-
-
-@dataclass(frozen=True)
-class PackRef:
-    """A pack folder, and a version of it (None: the current one). Written `PATH` or `PATH@N`."""
-
-    path: Path
-    version: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}@{self.version}" if self.version is not None else str(self.path)
-
-
-def parse_ref(text: str | Path | PackRef) -> PackRef:
-    """`my-pack`, `my-pack@3` or `my-pack@v3`; a folder whose own name contains '@N' wins."""
-    if isinstance(text, PackRef):
-        return text
-    text = str(text)
-    match = _REF.match(text)
-    if match and not Path(text).exists():
-        return PackRef(Path(match["path"]), int(match["version"]))
-    return PackRef(Path(text))
+DEFAULT_GRACE_SECONDS = 3600.0  # what a commit's own gc leaves of unneeded files younger than this
 
 
 def is_committed(path: Path) -> bool:
@@ -71,10 +61,10 @@ def is_committed(path: Path) -> bool:
 
 def head_version(path: Path) -> int:
     """The current version's number (a format 1 pack is version 1)."""
-    return read_manifest(path).get("version", 1)
+    return read_manifest(path).version or 1
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> Manifest:
     """The current manifest, validated against the schema before anything else is read."""
     path = Path(path)
     if not path.is_dir():
@@ -82,9 +72,14 @@ def read_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise PackError(f"{path}: not a memoir pack (no {MANIFEST})")
-    manifest = _read_json(manifest_path)
-    validate_document(manifest, manifest_path)
-    return manifest
+    document = _read_json(manifest_path)
+    validate_document(document, manifest_path)
+    return Manifest.from_dict(document)
+
+
+def record_manifest(record: dict) -> Manifest:
+    """The manifest a version record holds (validated when the record was read)."""
+    return Manifest.from_dict(record["manifest"])
 
 
 def read_record(path: Path, number: int) -> dict:
@@ -95,8 +90,18 @@ def read_record(path: Path, number: int) -> dict:
     file = path / VERSIONS / f"{number:06d}.json"
     if not file.is_file():
         if not (path / VERSIONS).is_dir() and number == 1:  # a format 1 pack: its one version
-            return {"version": 1, "parent": None, "created_at": read_manifest(path)["updated_at"], "kind": "import",
-                    "message": "format 1 pack", "changes": {}, "facts": [], "ops": [], "manifest": read_manifest(path)}
+            manifest = read_manifest(path)
+            return {
+                "version": 1,
+                "parent": None,
+                "created_at": manifest.updated_at,
+                "kind": "import",
+                "message": "format 1 pack",
+                "changes": {},
+                "facts": [],
+                "ops": [],
+                "manifest": manifest.to_dict(),
+            }
         raise PackError(f"{file}: version record missing")
     record = _read_json(file)
     validate_document(record, file, "version.schema.json", "version record")
@@ -111,30 +116,27 @@ def records(path: Path) -> list[dict]:
     return [read_record(path, n) for n in range(1, head_version(path) + 1)]
 
 
-def stored(path: Path, manifest: dict) -> bool:
+def stored(path: Path, manifest: Manifest) -> bool:
     """Whether all of a version's data files are on disk (else it must be replayed). A flat pack
     holds only its current version's."""
     if _is_flat(path, manifest):
-        return manifest.get("version", 1) == head_version(path)
-    return all(_object_file(path, manifest, name).is_file() for name in manifest["files"])
+        return (manifest.version or 1) == head_version(path)
+    return all(_object_file(path, manifest, name).is_file() for name in manifest.files)
 
 
 def load_pack(ref: str | Path | PackRef) -> Pack:
     """The pack at `ref` (current version, or `@N` if its files are kept; see history.materialise)."""
-    ref = parse_ref(ref)
-    for attempt in range(3):
-        manifest = read_manifest(ref.path) if ref.version is None else read_record(ref.path, ref.version)["manifest"]
-        if not stored(ref.path, manifest):
-            if ref.version is None and attempt < 2:  # a writer committed and swept meanwhile: read again
-                time.sleep(0.05)
-                continue
-            raise NotStoredError(f"{ref}: this version's files are not kept; it is rebuilt by replaying its edits, "
-                                 "which needs the base model")
-        pack = read_pack(manifest, ref.path / MANIFEST, lambda name: _object_file(ref.path, manifest, name))
-        pack.path, pack.version = ref.path, manifest.get("version", 1)
-        pack.memory.name = ref.path.name if ref.version is None else f"{ref.path.name}@{ref.version}"
-        return pack
-    raise AssertionError("unreachable")
+    ref = local_ref(ref)
+    manifest = read_manifest(ref.path) if ref.version is None else record_manifest(read_record(ref.path, ref.version))
+    if not stored(ref.path, manifest):
+        raise NotStoredError(
+            f"{ref}: this version's files are not kept; it is rebuilt by replaying its edits, "
+            "which needs the base model"
+        )
+    pack = read_pack(manifest, ref.path / MANIFEST, lambda name: _object_file(ref.path, manifest, name))
+    pack.path, pack.version = ref.path, manifest.version or 1
+    pack.label = None if ref.version is None else f"{ref.path.name}@{ref.version}"
+    return pack
 
 
 class NotStoredError(PackError):
@@ -154,25 +156,29 @@ def commit(pack: Pack, path: Path, record: dict, snapshot_every: int | None = No
     if previous is not None and _is_flat(path, previous):
         _adopt_flat(path, previous)
         previous = read_manifest(path)
-    number = previous["version"] + 1 if previous else 1
-    manifest = copy.deepcopy(pack.manifest)  # the pack changes only once the commit has happened
-    manifest["format_version"], manifest["tool_version"], manifest["version"] = 2, __version__, number
-    manifest["updated_at"] = _now()
-    if snapshot_every is not None:
-        manifest["snapshot_every"] = snapshot_every
-    manifest.setdefault("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
-    manifest["counts"] = {"edits": len(pack.memory.bank), "active": int(pack.memory.bank.active.sum())}
-    manifest["files"] = _write_objects(pack, path)
-    record = {"version": number, "parent": number - 1 if previous else None, "created_at": manifest["updated_at"],
-              "tool_version": __version__, **record, "manifest": manifest}
-    _write_atomic(path / VERSIONS / f"{number:06d}.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    number = (previous.version or 1) + 1 if previous else 1
+    manifest = pack.manifest.copy()  # the pack changes only once the commit has happened
+    manifest.format_version, manifest.tool_version, manifest.version = 2, __version__, number
+    manifest.updated_at = _now()
+    manifest.snapshot_every = snapshot_every or manifest.snapshot_every or DEFAULT_SNAPSHOT_EVERY
+    manifest.counts.edits, manifest.counts.active = len(pack.memory.bank), int(pack.memory.bank.active.sum())
+    manifest.files = _write_objects(pack, path)
+    document = manifest.to_dict()
+    record = {
+        "version": number,
+        "parent": number - 1 if previous else None,
+        "created_at": manifest.updated_at,
+        "tool_version": __version__,
+        **record,
+        "manifest": document,
+    }
+    write_atomic(path / VERSIONS / f"{number:06d}.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     pause_point("commit:record")
-    _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_atomic(path / MANIFEST, json.dumps(document, indent=2) + "\n")
     pause_point("commit:manifest")
-    pack.manifest, pack.path, pack.version = manifest, path, number
-    pack.memory.name = path.name
-    _write_atomic(path / CARD_FILE, model_card(pack))
-    sweep(path)
+    pack.memory.manifest, pack.path, pack.version, pack.label = manifest, path, number, None
+    write_atomic(path / CARD_FILE, model_card(pack))
+    collect_garbage(path, grace_seconds=DEFAULT_GRACE_SECONDS)
     return number
 
 
@@ -180,23 +186,51 @@ def kept_versions(path: Path) -> set[int]:
     """Versions whose files stay on disk: the current one, every `snapshot_every`-th, and any that
     cannot be replayed (an imported format 1 pack: its edits were not recorded)."""
     manifest = read_manifest(path)
-    head, every = manifest["version"], manifest.get("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+    head, every = manifest.version or 1, manifest.keep_every
     imported = {1} if read_record(path, 1)["kind"] == "import" else set()  # only ever version 1
     return {head} | set(range(every, head + 1, every)) | imported
 
 
-def sweep(path: Path) -> None:
-    """Delete what no kept version needs: objects, records past the current version, staging leftovers."""
-    head = read_manifest(path)["version"]
-    needed = {entry["sha256"] for n in kept_versions(path) for entry in read_record(path, n)["manifest"]["files"].values()}
-    for file in (path / OBJECTS).iterdir():
-        if file.name not in needed:
+@dataclass
+class GcResult:
+    """What `memoir gc` removed, and what it kept."""
+
+    pack: str
+    removed_objects: int
+    removed_bytes: int
+    removed_records: int
+    kept_versions: list[int]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def collect_garbage(path: Path, grace_seconds: float = DEFAULT_GRACE_SECONDS, keep: Iterable[int] = ()) -> GcResult:
+    """Delete what no kept version needs: objects older than `grace_seconds`, and an interrupted
+    commit's records (numbered past the current version) and staging folders. The caller holds
+    the pack's lock.
+
+    The grace period is what lets readers go without a lock: a reader that read the previous
+    manifest a moment ago still finds its objects (git's gc keeps loose objects two weeks for the
+    same reason). Records past the head and staging folders are never read, only written under
+    the lock, so they go at once. Versions in `keep` keep their files as well as the policy's.
+    """
+    head = head_version(path)
+    versions = kept_versions(path) | {n for n in keep if 1 <= n <= head}
+    needed = {entry["sha256"] for n in versions for entry in read_record(path, n)["manifest"]["files"].values()}
+    cutoff = time.time() - grace_seconds
+    removed = removed_bytes = records = 0
+    for file in (path / OBJECTS).iterdir() if (path / OBJECTS).is_dir() else ():
+        if file.name not in needed and file.stat().st_mtime <= cutoff:
+            removed, removed_bytes = removed + 1, removed_bytes + file.stat().st_size
             file.unlink()
-    for file in (path / VERSIONS).iterdir():
+    for file in (path / VERSIONS).iterdir() if (path / VERSIONS).is_dir() else ():
         if not file.name.endswith(".json") or not file.stem.isdigit() or int(file.stem) > head:
+            records += 1
             file.unlink()
     for leftover in path.glob(".staging-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    return GcResult(str(path), removed, removed_bytes, records, sorted(versions))
 
 
 @contextmanager
@@ -214,7 +248,9 @@ def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None
         lock.acquire(timeout=0)
     except Timeout:
         if not wait:
-            raise PackBusyError(f"{path}: another memoir process is writing this pack (rerun without --no-wait to wait)") from None
+            raise PackBusyError(
+                f"{path}: another memoir process is writing this pack; try again once it is done"
+            ) from None
         if on_wait:
             on_wait(f"{path}: another memoir process is writing this pack; waiting for it to finish...")
         lock.acquire()
@@ -222,6 +258,16 @@ def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def writing(path: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Write access to an existing pack: it is named if missing before anything (even a lock file)
+    is written, then its lock is held (see pack_lock)."""
+    path = Path(path)
+    head_version(path)
+    with pack_lock(path, wait=wait, on_wait=on_wait):
+        yield path
 
 
 def pause_point(name: str) -> None:
@@ -245,10 +291,10 @@ def pause_point(name: str) -> None:
 _PAUSE_HITS: dict[str, int] = {}
 
 
-def _object_file(path: Path, manifest: dict, name: str) -> Path:
+def _object_file(path: Path, manifest: Manifest, name: str) -> Path:
     if _is_flat(path, manifest):
         return path / name
-    return path / OBJECTS / manifest["files"][name]["sha256"]
+    return path / OBJECTS / manifest.files[name]["sha256"]
 
 
 def _write_objects(pack: Pack, path: Path) -> dict:
@@ -270,7 +316,7 @@ def _write_objects(pack: Pack, path: Path) -> dict:
     return files
 
 
-def _adopt_flat(path: Path, manifest: dict) -> None:
+def _adopt_flat(path: Path, manifest: Manifest) -> None:
     """Move a flat pack (format 1, or a version pulled from the Hub) into the object layout.
 
     The objects folder appears whole (one rename), so a crash leaves either layout readable.
@@ -278,26 +324,36 @@ def _adopt_flat(path: Path, manifest: dict) -> None:
     read_pack(manifest, path / MANIFEST, lambda name: path / name)  # every file checked before it is adopted
     if not (path / OBJECTS).is_dir():
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path))
-        for name, entry in manifest["files"].items():
+        for name, entry in manifest.files.items():
             shutil.copyfile(path / name, staging / entry["sha256"])
             _fsync(staging / entry["sha256"])
         os.rename(staging, path / OBJECTS)
         _fsync(path)
-    if "version" not in manifest:  # format 1: its state becomes version 1 of a history
-        manifest.update(format_version=2, version=1)
-        manifest.setdefault("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
-        record = {"version": 1, "parent": None, "created_at": manifest["updated_at"], "tool_version": __version__,
-                  "kind": "import", "message": "format 1 pack", "changes": {}, "facts": [], "ops": [],
-                  "manifest": manifest}
-        _write_atomic(path / VERSIONS / "000001.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-        _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if manifest.version is None:  # format 1: its state becomes version 1 of a history
+        manifest.format_version, manifest.version = 2, 1
+        manifest.snapshot_every = manifest.snapshot_every or DEFAULT_SNAPSHOT_EVERY
+        document = manifest.to_dict()
+        record = {
+            "version": 1,
+            "parent": None,
+            "created_at": manifest.updated_at,
+            "tool_version": __version__,
+            "kind": "import",
+            "message": "format 1 pack",
+            "changes": {},
+            "facts": [],
+            "ops": [],
+            "manifest": document,
+        }
+        write_atomic(path / VERSIONS / "000001.json", json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        write_atomic(path / MANIFEST, json.dumps(document, indent=2) + "\n")
     for name in DATA_FILES:
         (path / name).unlink(missing_ok=True)
 
 
-def _is_flat(path: Path, manifest: dict) -> bool:
+def _is_flat(path: Path, manifest: Manifest) -> bool:
     """Data files beside the manifest: format 1, or a pack exported for the Hub (no objects/ folder)."""
-    return manifest.get("format_version", 1) == 1 or not (path / OBJECTS).is_dir()
+    return manifest.format_version == 1 or not (path / OBJECTS).is_dir()
 
 
 def refuse_foreign_folder(path: Path) -> None:
@@ -309,7 +365,7 @@ def refuse_foreign_folder(path: Path) -> None:
         raise PackError(f"{path} exists and is not a memoir pack; refusing to overwrite it")
 
 
-def _write_atomic(file: Path, text: str) -> None:
+def write_atomic(file: Path, text: str) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     temporary = file.parent / f".{file.name}.tmp-{os.getpid()}"
     temporary.write_text(text)

@@ -4,6 +4,7 @@ The feature is the edit layer's input (the MLP activation, width d_ff) averaged 
 real tokens. Subtracting the background mean keeps the same few large features from winning for
 every prompt; the fixed permutation spreads the memory columns different edits touch.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -25,11 +26,6 @@ def make_permutation(d_ff: int, seed: int) -> torch.Tensor:
     """The fixed random permutation of range(d_ff) drawn from `seed` (CPU generator: portable)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(d_ff, generator=generator)
-
-
-def default_top_k(d_ff: int) -> int:
-    """The reference's 4096 of 14336 (about 28.6%), scaled to this layer's width."""
-    return round(0.286 * d_ff)
 
 
 def masked_mean(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

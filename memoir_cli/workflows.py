@@ -1,30 +1,29 @@
 """What each command does, as library functions: the CLI only parses, calls one of these, renders."""
+
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import torch
-from torch import nn
-
-from .editor import EditResult, Editor, EditSettings, default_lr, generate_prefixes
+from .config import (
+    DEFAULT_CHECKPOINT_EVERY,
+    RoutingConfig,
+    TopHashConfig,
+    TrainingConfig,
+    default_lr,
+    default_top_k,
+)
+from .editor import EditResult, editing, generate_prefixes
 from .errors import BadInputError
-from .evaluate import EvalReport, Progress, Scorer, evaluate
 from .facts import Fact
-from .memory import attach, detach
+from .history import NewVersion, edit_record, replay_info, weight_change
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
-from .history import edit_record, open_pack, replay_info, weight_change
-from .pack import Pack, edit_settings, new_pack
-from .store import PackRef, commit, head_version, is_committed, load_pack, pack_lock, pause_point, refuse_foreign_folder
-from .batching import pad_left
-from .tophash import background_prompts, default_top_k, make_permutation, prompt_features
-
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_SEED = 0
-DEFAULT_CHECKPOINT_EVERY = 50  # a killed long run loses at most this many facts' training
+from .pack import Pack, new_pack
+from .store import commit, is_committed, load_pack, pack_lock, pause_point, refuse_foreign_folder, writing
+from .tophash import background_prompts, make_permutation, prompt_features
 
 
 @dataclass
@@ -41,21 +40,6 @@ class EditOptions:
     rehearse_overlap: float | None = None
     device: str = "cpu"
     dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        """Refuse impossible values before any model is loaded."""
-        checks = [
-            ("--threshold", self.threshold, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
-            ("--top-k", self.top_k, lambda v: v > 0, "must be positive"),
-            ("--layer", self.layer, lambda v: v >= 0, "must be 0 or more"),
-            ("--steps", self.steps, lambda v: v > 0, "must be positive"),
-            ("--lr", self.lr, lambda v: v > 0, "must be positive"),
-            ("--rehearse", self.rehearse, lambda v: v >= 0, "must be 0 or more"),
-            ("--rehearse-overlap", self.rehearse_overlap, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
-        ]
-        for flag, value, valid, rule in checks:
-            if value is not None and not valid(value):
-                raise BadInputError(f"{flag} {value} {rule}")
 
 
 @dataclass
@@ -93,8 +77,15 @@ class EditSummary:
             "seconds": round(self.seconds, 3),
             "seconds_per_edit": round(sum(r.seconds for r in self.results) / edited, 3) if edited else None,
             "edits": [
-                {"id": r.edit_id, "loss": round(r.loss, 5), "steps": r.steps, "converged": r.converged,
-                 "rehearsed": r.rehearsed, "seconds": round(r.seconds, 3), "replaces": self.plan.replaces.get(r.edit_id)}
+                {
+                    "id": r.edit_id,
+                    "loss": round(r.loss, 5),
+                    "steps": r.steps,
+                    "converged": r.converged,
+                    "rehearsed": r.rehearsed,
+                    "seconds": round(r.seconds, 3),
+                    "replaces": self.plan.replaces.get(r.edit_id),
+                }
                 for r in self.results
             ],
             "added_ids": [f.id for f in self.plan.add],
@@ -104,15 +95,20 @@ class EditSummary:
         }
 
 
-def revert_edits(pack_path: str | Path, edit_ids: list[str] = (), prompts: list[str] = (), wait: bool = True,
-                 on_wait: Callable[[str], None] | None = None, message: str | None = None) -> tuple[list[str], int]:
+def revert_edits(
+    pack_path: str | Path,
+    edit_ids: list[str] = (),
+    prompts: list[str] = (),
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    message: str | None = None,
+) -> NewVersion:
     """Deactivate edits (by id, or the active edit of an exact prompt) so routing never selects them
-    again, as a new version; returns the ids deactivated and the version. No model is needed: the
+    again, as a new version. No model is needed: the
     memory's weights do not change."""
     if not edit_ids and not prompts:
         raise BadInputError("name at least one edit id or --prompt")
-    head_version(Path(pack_path))  # a missing pack is named before anything (even a lock file) is written
-    with pack_lock(pack_path, wait=wait, on_wait=on_wait):
+    with writing(pack_path, wait=wait, on_wait=on_wait):
         pack = load_pack(pack_path)
         bank = pack.memory.bank
         active = dict(zip(bank.ids, bank.active.tolist()))
@@ -131,8 +127,10 @@ def revert_edits(pack_path: str | Path, edit_ids: list[str] = (), prompts: list[
         reverted = list(dict.fromkeys(targets))
         for edit_id in reverted:
             bank.deactivate(edit_id)
-        version = commit(pack, Path(pack_path), edit_record("revert", message, [["deactivate", i] for i in reverted], []))
-    return reverted, version
+        version = commit(
+            pack, Path(pack_path), edit_record("revert", message, [["deactivate", i] for i in reverted], [])
+        )
+    return NewVersion(str(pack_path), version, reverted=reverted)
 
 
 def model_spec_for(pack: Pack) -> str:
@@ -165,10 +163,6 @@ def edit_pack(
     """
     start = time.perf_counter()
     pack_path = Path(pack_path)
-    if checkpoint_every < 1:
-        raise BadInputError(f"--checkpoint-every {checkpoint_every} must be positive")
-    if snapshot_every is not None and snapshot_every < 1:
-        raise BadInputError(f"--snapshot-every {snapshot_every} must be positive")
     refuse_foreign_folder(pack_path)
     with pack_lock(pack_path, wait=wait, on_wait=on_wait):
         existing = load_pack(pack_path) if is_committed(pack_path) else None
@@ -198,25 +192,22 @@ class _EditRun:
         if isinstance(model_spec, LoadedModel):  # a script editing many times in one process loads once
             loaded = model_spec
         else:
-            loaded = load_model(model_spec or (model_spec_for(self.existing) if self.existing else None),
-                                options.device, options.dtype)
+            loaded = load_model(
+                model_spec or (model_spec_for(self.existing) if self.existing else None), options.device, options.dtype
+            )
         pack = self.existing or create_pack(loaded, options)
         settings_changed = _update_settings(pack, options)
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)
         ops, done, before = [], [], pack.memory.weight.clone()
-        wrapper = attach(loaded.model, pack)
-        try:
-            editor = Editor(
-                loaded.model, loaded.tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
-                pack.manifest["prefixes"], edit_settings(pack),
-            )
+        with editing(loaded, pack) as editor:
             if on_start:
                 on_start(len(plan.add))
             for number, fact in enumerate(plan.add):
                 if fact.id in plan.replaces:
                     pack.memory.bank.deactivate(plan.replaces[fact.id])
                     ops.append(["deactivate", plan.replaces[fact.id]])
-                result = editor.edit(fact, on_step=(lambda s, v, f=fact: on_step(number, f, s, v)) if on_step else None)
+                report_step = (lambda s, v, n=number, f=fact: on_step(n, f, s, v)) if on_step else None
+                result = editor.edit(fact, on_step=report_step)
                 ops.append(["edit", fact.id])
                 done.append(fact)
                 summary.results.append(result)
@@ -226,15 +217,15 @@ class _EditRun:
                 if len(done) == self.checkpoint_every and number + 1 < len(plan.add):
                     summary.versions.append(self._commit(pack, loaded, ops, done, before, number + 1))
                     ops, done, before = [], [], pack.memory.weight.clone()
-        finally:
-            detach(loaded.model)
         if ops or self.existing is None or settings_changed:
             summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
         summary.seconds = time.perf_counter() - start
         return summary
 
     def _commit(self, pack: Pack, loaded: LoadedModel, ops, done, before, through: int) -> int:
-        record = edit_record("edit", self.message, ops, done, self.plan.replaces, weight_change(before, pack.memory.weight))
+        record = edit_record(
+            "edit", self.message, ops, done, self.plan.replaces, weight_change(before, pack.memory.weight)
+        )
         if len(self.plan.add) > self.checkpoint_every:
             record["message"] += f" (facts {through - len(done) + 1}-{through} of {len(self.plan.add)})"
         record["replay"] = replay_info(loaded, self.options.dtype)
@@ -242,53 +233,54 @@ class _EditRun:
 
 
 def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
-    """A new, empty pack: edit layer, background features, permutation and training prefixes."""
+    """A new, empty pack: edit layer, background features, permutation and training prefixes, with
+    every setting the options leave open at its default for this model (config.py)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = find_edit_layer(model, options.layer)
     k = options.top_k if options.top_k is not None else default_top_k(layer.d_in)
     if k > layer.d_in:
-        raise BadInputError(f"--top-k {k} is out of range: the edit layer has {layer.d_in} features")
-    seed = DEFAULT_SEED if options.seed is None else options.seed
+        raise BadInputError(f"top_k {k} is out of range: the edit layer has {layer.d_in} features")
+    seed = TopHashConfig().seed if options.seed is None else options.seed
     prompts = background_prompts()
     features = prompt_features(model, tokenizer, model.get_submodule(layer.path), prompts)
-    return new_pack(
+    pack = new_pack(
         model=model,
         model_id=loaded.model_id,
         revision=loaded.revision,
         layer=layer,
-        k=k,
-        threshold=DEFAULT_THRESHOLD,
-        seed=seed,
-        settings=EditSettings(lr=default_lr(layer.d_in)),
+        tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
+        routing=RoutingConfig(),
+        training=TrainingConfig(lr=default_lr(layer.d_in)),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
-        background_prompts=len(prompts),
         permutation=make_permutation(layer.d_in, seed),
         edit_dtype=options.dtype,
     )
+    _update_settings(pack, options)
+    return pack
 
 
 def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
     """Layer, k and seed shape every stored mask: an existing pack cannot change them."""
     fixed = {
-        "--layer": (options.layer, pack.manifest["layer"]["index"]),
-        "--top-k": (options.top_k, pack.manifest["tophash"]["k"]),
-        "--seed": (options.seed, pack.manifest["tophash"]["seed"]),
+        "layer": (options.layer, pack.manifest.layer.index),
+        "top_k": (options.top_k, pack.manifest.tophash.k),
+        "seed": (options.seed, pack.manifest.tophash.seed),
     }
-    for flag, (asked, stored) in fixed.items():
+    for name, (asked, stored) in fixed.items():
         if asked is not None and asked != stored:
-            raise BadInputError(f"{pack.path}: this pack was made with {flag} {stored}; it cannot change to {asked}")
+            raise BadInputError(f"{pack.path}: this pack was made with {name} {stored}; it cannot change to {asked}")
 
 
 def _update_settings(pack: Pack, options: EditOptions) -> bool:
     """Apply the settings a pack may change (routing threshold, training); True if any changed."""
-    before = json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True)
+    before = (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training))
     if options.threshold is not None:
-        pack.manifest["routing"]["threshold"] = pack.memory.threshold = options.threshold
+        pack.manifest.routing.threshold = options.threshold
     for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
-            pack.manifest["training"][key] = getattr(options, key)
-    return json.dumps([pack.manifest["routing"], pack.manifest["training"]], sort_keys=True) != before
+            setattr(pack.manifest.training, key, getattr(options, key))
+    return (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training)) != before
 
 
 def plan_edits(facts: list[Fact], pack: Pack | None) -> EditPlan:
@@ -319,95 +311,3 @@ def plan_edits(facts: list[Fact], pack: Pack | None) -> EditPlan:
         if current is not None:
             plan.replaces[fact.id] = current.id
     return plan
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8
-) -> list[str]:
-    """Greedy continuations of `prompts`, batched with left padding (continuation text only)."""
-    device = next(model.parameters()).device
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        batch = pad_left(rows, tokenizer.pad_token_id, device)
-        generated = model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            top_p=None, top_k=None, temperature=None,
-        )
-        width = batch["input_ids"].shape[1]
-        outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated)
-    return outputs
-
-
-@dataclass
-class Answer:
-    prompt: str
-    output: str
-    pack: str | None
-    edit_id: str | None
-    overlap: float
-    base_output: str | None = None
-
-    def to_json(self) -> dict:
-        record = {"prompt": self.prompt, "output": self.output, "pack": self.pack, "edit_id": self.edit_id,
-                  "overlap": self.overlap}
-        if self.base_output is not None:
-            record["base_output"] = self.base_output
-        return record
-
-
-class Session:
-    """A model with packs attached, answering prompts (used by `memoir apply`)."""
-
-    def __init__(self, pack_refs: list[str | Path | PackRef], model_spec: str | None = None, device: str = "cpu",
-                 dtype: str = "float32") -> None:
-        if not pack_refs:
-            raise BadInputError("name at least one pack")
-        self.loaded: LoadedModel | None = None
-        self.model_spec, self.device, self.dtype = model_spec, device, dtype
-        self.packs = [open_pack(ref, self.model_for) for ref in pack_refs]
-        self.loaded = self.model_for(self.packs[0])
-        self.wrapper = attach(self.loaded.model, *self.packs)
-
-    def model_for(self, pack: Pack) -> LoadedModel:
-        """The session's model (loaded once: for the first pack, or to replay a version of one)."""
-        if self.loaded is None:
-            self.loaded = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
-        return self.loaded
-
-    def answer(self, prompts: list[str], max_new_tokens: int = 32, compare: bool = False,
-               batch_size: int = 8) -> list[Answer]:
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        answers = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            outputs = generate(model, tokenizer, chunk, max_new_tokens, batch_size)
-            routes = self.wrapper.routes.describe(self.wrapper.memories)
-            base = self._base_outputs(chunk, max_new_tokens, batch_size) if compare else [None] * len(chunk)
-            answers.extend(
-                Answer(p, o, r["pack"], r["edit_id"], r["overlap"], b) for p, o, r, b in zip(chunk, outputs, routes, base)
-            )
-        return answers
-
-    def _base_outputs(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-        with self.wrapper.bypassed():
-            return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
-
-    def evaluate(self, facts: list[Fact], check_generation: bool = False, baseline: bool = False,
-                 batch_size: int = 16, on_progress: Progress | None = None) -> EvalReport:
-        """The paper's Rel / Gen / Loc for `facts`, with routing statistics (see evaluate.py)."""
-
-        def generate_fn(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
-            if edited:
-                return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
-            return self._base_outputs(prompts, max_new_tokens, batch_size)
-
-        scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.wrapper, batch_size)
-        edit_targets = {(pack.memory.name, f.id): f.target for pack in self.packs for f in pack.facts}
-        return evaluate(scorer, facts, generate_fn, check_generation, baseline, on_progress, edit_targets)
-
-    def pack_facts(self) -> list[Fact]:
-        """Every active fact of the attached packs, in order (what `memoir eval` scores by default)."""
-        return [f for pack in self.packs for f, active in zip(pack.facts, pack.memory.bank.active.tolist()) if active]

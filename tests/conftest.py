@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random models built from configs, with a tokenizer trained on the spot."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
 
@@ -32,9 +37,16 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_llama(tokenizer, seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
@@ -42,18 +54,40 @@ def tiny_llama(tokenizer, seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
 def tiny_model(architecture: str, tokenizer, seed: int = 0):
     """A tiny random model of a supported family (Gemma 3 mixes sliding and global attention)."""
     from transformers import (
-        Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
-        Qwen2Config, Qwen2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        MistralConfig,
+        MistralForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
     )
 
     if architecture == "llama":
         return tiny_llama(tokenizer, seed)
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     classes = {
-        "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM, dict(head_dim=16, sliding_window=8, layer_types=[
-            "sliding_attention", "full_attention", "sliding_attention", "full_attention"])),
+        "gemma3_text": (
+            Gemma3TextConfig,
+            Gemma3ForCausalLM,
+            dict(
+                head_dim=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            ),
+        ),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
         "mistral": (MistralConfig, MistralForCausalLM, {}),
         "phi3": (Phi3Config, Phi3ForCausalLM, {}),

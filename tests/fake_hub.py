@@ -2,9 +2,10 @@
 
 It implements what `memoir push` and `memoir pull` use, for model repos: create a repo, model card
 validation, preupload (every file "regular", i.e. sent inline), commit (NDJSON), tags, refs, repo
-info, the file tree, and file resolution (HEAD and GET). Repos live in memory; commits are whole file maps. Private repos answer
-only requests carrying one of the server's tokens, as the Hub does (401).
+info, the file tree, and file resolution (HEAD and GET). Repos live in memory; commits are whole
+file maps. Private repos answer only requests carrying one of the server's tokens, as the Hub does (401).
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,7 +50,7 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -87,7 +88,7 @@ def _handler(hub: FakeHub):
 
         def _authorised(self) -> bool:
             auth = self.headers.get("Authorization", "")
-            return auth.startswith("Bearer ") and auth[len("Bearer "):] in hub.tokens
+            return auth.startswith("Bearer ") and auth[len("Bearer ") :] in hub.tokens
 
         def _repo(self, repo_id: str, write: bool = False) -> Repo | None:
             """The repo if this request may see it; otherwise the error is already sent."""
@@ -159,7 +160,9 @@ def _handler(hub: FakeHub):
                 return self._json(401, {"error": "Invalid credentials in Authorization header"})
             repo_id = f"{payload['organization']}/{payload['name']}"
             if repo_id in hub.repos:
-                return self._json(409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"})
+                return self._json(
+                    409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"}
+                )
             hub.repos[repo_id] = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
             self._json(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
 
@@ -174,8 +177,11 @@ def _handler(hub: FakeHub):
                 return self._json(400, {"errors": [{"message": f"invalid YAML: {error}"}]})
             problems = [] if isinstance(metadata, dict) else ["no YAML metadata block"]
             if isinstance(metadata, dict):
-                problems += [f"'{key}' must be a string" for key in ("library_name", "license", "base_model")
-                             if key in metadata and not isinstance(metadata[key], str)]
+                problems += [
+                    f"'{key}' must be a string"
+                    for key in ("library_name", "license", "base_model")
+                    if key in metadata and not isinstance(metadata[key], str)
+                ]
                 if not isinstance(metadata.get("tags", []), list):
                     problems.append("'tags' must be a list")
             if problems:
@@ -187,14 +193,25 @@ def _handler(hub: FakeHub):
             commit = self._commit_at(repo_id, revision)
             if commit is None:
                 return
-            self._json(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": hub.repos[repo_id].private,
-                             "siblings": [{"rfilename": name} for name in sorted(commit.files)], "tags": []})
+            self._json(
+                200,
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": commit.oid,
+                    "private": hub.repos[repo_id].private,
+                    "siblings": [{"rfilename": name} for name in sorted(commit.files)],
+                    "tags": [],
+                },
+            )
 
         def _refs(self, repo_id: str) -> None:
             repo = self._repo(repo_id)
             if repo is None:
                 return
-            branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": oid} for n, oid in repo.branches.items() if oid]
+            branches = [
+                {"name": n, "ref": f"refs/heads/{n}", "targetCommit": oid} for n, oid in repo.branches.items() if oid
+            ]
             tags = [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": oid} for n, oid in repo.tags.items()]
             self._json(200, {"branches": branches, "tags": tags, "converts": []})
 
@@ -202,14 +219,21 @@ def _handler(hub: FakeHub):
             commit = self._commit_at(repo_id, revision)
             if commit is None:
                 return
-            self._json(200, [{"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
-                             for name, data in sorted(commit.files.items())])
+            self._json(
+                200,
+                [
+                    {"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
+                    for name, data in sorted(commit.files.items())
+                ],
+            )
 
         def _preupload(self, repo_id: str, payload: dict) -> None:
             if self._repo(repo_id, write=True) is None:
                 return
-            files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                     for f in payload["files"]]
+            files = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                for f in payload["files"]
+            ]
             self._json(200, {"files": files, "commitOid": None})
 
         def _commit(self, repo_id: str, revision: str, body: bytes) -> None:
@@ -255,8 +279,16 @@ def _handler(hub: FakeHub):
             if filename not in commit.files:
                 return self._json(404, {"error": "Entry not found"}, "EntryNotFound")
             data = commit.files[filename]
-            self._send(200, data, {"X-Repo-Commit": commit.oid, "ETag": f'"{_blob_id(data)}"', "Content-Length": str(len(data)),
-                                   "Content-Type": "application/octet-stream"})
+            self._send(
+                200,
+                data,
+                {
+                    "X-Repo-Commit": commit.oid,
+                    "ETag": f'"{_blob_id(data)}"',
+                    "Content-Length": str(len(data)),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
 
     return Handler
 

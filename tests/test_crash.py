@@ -3,6 +3,7 @@
 Each test runs the real command in a subprocess. MEMOIR_PAUSE_AT makes it stop at a named point
 (store.pause_point) until the test kills it or lets it go on.
 """
+
 import json
 import os
 import signal
@@ -20,16 +21,23 @@ from memoir_cli.store import load_pack
 
 from .conftest import FACTS
 
-MORE = [{"id": "f-sky", "prompt": "The sky over Zorbia is", "target": "purple"},
-        {"id": "f-moon", "prompt": "The moon of Zorbia is called", "target": "Lune"}]
+MORE = [
+    {"id": "f-sky", "prompt": "The sky over Zorbia is", "target": "purple"},
+    {"id": "f-moon", "prompt": "The moon of Zorbia is called", "target": "Lune"},
+]
 
 
 def memoir(*args, pause: str | None = None, signal_file: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     if pause:
         env.update(MEMOIR_PAUSE_AT=pause, MEMOIR_PAUSE_FILE=str(signal_file))
-    return subprocess.Popen([sys.executable, "-m", "memoir_cli", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "memoir_cli", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(file: Path, process: subprocess.Popen, seconds: float = 180) -> None:
@@ -71,7 +79,7 @@ def edit_args(facts, pack, model_dir):
 
 
 def data_files(pack: Path) -> dict:
-    return load_pack(pack).manifest["files"]
+    return load_pack(pack).manifest.files
 
 
 @pytest.fixture
@@ -94,8 +102,9 @@ KILL_POINTS = [
 
 
 @pytest.mark.parametrize("point,committed", KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
-def test_a_killed_edit_leaves_the_last_version_and_a_rerun_converges(tmp_path, facts5, model_dir, uninterrupted,
-                                                                     point, committed):
+def test_a_killed_edit_leaves_the_last_version_and_a_rerun_converges(
+    tmp_path, facts5, model_dir, uninterrupted, point, committed
+):
     pack, signal_file = tmp_path / "pack", tmp_path / "paused"
     process = memoir(*edit_args(facts5, pack, model_dir), pause=point, signal_file=signal_file)
     wait_for(signal_file, process)
@@ -120,8 +129,20 @@ def test_two_writers_on_one_pack_are_serialised_and_both_land(tmp_path, model_di
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first.write_text("".join(json.dumps(f) + "\n" for f in FACTS))
     second.write_text("".join(json.dumps(f) + "\n" for f in MORE))
-    writer_a = memoir("edit", first, "--pack", pack, "--model", model_dir, "--steps", 2, "--message", "A",
-                      pause="edit#1", signal_file=signal_file)
+    writer_a = memoir(
+        "edit",
+        first,
+        "--pack",
+        pack,
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+        "--message",
+        "A",
+        pause="edit#1",
+        signal_file=signal_file,
+    )
     wait_for(signal_file, writer_a)  # A holds the lock, mid-run
     writer_b = memoir("edit", second, "--pack", pack, "--model", model_dir, "--steps", 2, "--message", "B")
     assert "waiting for it to finish" in read_until(writer_b.stderr, "waiting")

@@ -5,6 +5,7 @@ A keyword that a release renames is often swallowed (`**kwargs`) instead of refu
 memoir passes, and every attribute it reads, is checked here by name, and where a rename would be
 silent, by effect, so the next rename fails a test instead of a user.
 """
+
 import inspect
 
 import pytest
@@ -27,7 +28,10 @@ def _hub_calls():
         "HfApi": (HfApi.__init__, {"token"}),
         "HfApi.create_repo": (HfApi.create_repo, {"repo_id", "private", "exist_ok"}),
         "HfApi.list_repo_refs": (HfApi.list_repo_refs, {"repo_id"}),
-        "HfApi.upload_folder": (HfApi.upload_folder, {"repo_id", "folder_path", "commit_message", "commit_description"}),
+        "HfApi.upload_folder": (
+            HfApi.upload_folder,
+            {"repo_id", "folder_path", "commit_message", "commit_description"},
+        ),
         "HfApi.create_tag": (HfApi.create_tag, {"repo_id", "tag", "revision", "tag_message"}),
     }
 
@@ -41,8 +45,13 @@ def test_huggingface_hub_calls_take_the_keywords_memoir_passes(name):
 def test_huggingface_hub_exports_the_errors_and_settings_memoir_reads():
     from huggingface_hub import constants, errors, get_token  # noqa: F401
 
-    for name in ("HfHubHTTPError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RepositoryNotFoundError",
-                 "RevisionNotFoundError"):
+    for name in (
+        "HfHubHTTPError",
+        "LocalEntryNotFoundError",
+        "OfflineModeIsEnabled",
+        "RepositoryNotFoundError",
+        "RevisionNotFoundError",
+    ):
         assert issubclass(getattr(errors, name), Exception), name
     for name in ("ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
         assert hasattr(constants, name), name
@@ -75,9 +84,17 @@ def test_generate_refuses_a_keyword_it_does_not_know(model, tokenizer):
     top_k, temperature) are checked by use everywhere; this pins that an unknown one is refused,
     not ignored, so a rename of any of them fails those tests."""
     ids = torch.tensor([tokenizer(FACTS[0]["prompt"])["input_ids"]])
-    output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3,
-                            min_new_tokens=3, pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None,
-                            temperature=None)
+    output = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=3,
+        min_new_tokens=3,
+        pad_token_id=tokenizer.pad_token_id,
+        top_p=None,
+        top_k=None,
+        temperature=None,
+    )
     assert output.shape[1] == ids.shape[1] + 3
     with pytest.raises((TypeError, ValueError)):
         model.generate(input_ids=ids, max_new_tokens=2, memoir_no_such_keyword=1)

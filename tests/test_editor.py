@@ -1,8 +1,10 @@
 """The editor: the fast replay equals the full procedure; only the fact's columns change."""
+
 import pytest
 import torch
 
-from memoir_cli.editor import Editor, EditSettings, target_loss
+from memoir_cli.config import TrainingConfig
+from memoir_cli.editor import Editor, target_loss
 from memoir_cli.facts import Fact
 from memoir_cli.memory import TrainingState, attach
 
@@ -12,9 +14,8 @@ from .helpers import empty_pack
 
 def _editor(model, tokenizer, fast=True, steps=5, **options):
     pack = empty_pack(model, tokenizer, **options)
-    wrapper = attach(model, pack)
-    editor = Editor(model, tokenizer, wrapper, pack.memory, pack.facts, pack.manifest["layer"]["index"],
-                    pack.manifest["prefixes"], EditSettings(steps=steps), fast=fast)
+    pack.manifest.training = TrainingConfig(steps=steps)
+    editor = Editor(model, tokenizer, attach(model, pack), pack, fast=fast)
     return editor, pack
 
 
@@ -43,7 +44,7 @@ def test_training_batch_labels_only_the_target_tokens(model, tokenizer):
     fact = Fact.from_json(FACTS[1])
     batch, labels = editor.training_batch(fact)
     assert batch["input_ids"].shape[0] == 1 + len(editor.prefixes) == 11
-    target_ids = tokenizer(f"{fact.prompt} {fact.target}")["input_ids"][len(tokenizer(fact.prompt)["input_ids"]):]
+    target_ids = tokenizer(f"{fact.prompt} {fact.target}")["input_ids"][len(tokenizer(fact.prompt)["input_ids"]) :]
     for row in range(11):
         assert labels[row][labels[row] != -100].tolist() == target_ids
     assert (labels[batch["attention_mask"] == 0] == -100).all()
@@ -68,7 +69,7 @@ def _unedited_loss(model, batch, labels, editor):
 
 def test_early_stop_when_the_loss_is_low_and_flat(model, tokenizer):
     editor, _ = _editor(model, tokenizer, steps=200)
-    editor.settings = EditSettings(steps=200, stop_loss=100.0, stop_delta=100.0)
+    editor.pack.manifest.training = TrainingConfig(steps=200, stop_loss=100.0, stop_delta=100.0)
     result = editor.edit(Fact.from_json(FACTS[0]))
     assert result.converged and result.steps == 2
 
@@ -78,17 +79,17 @@ def test_neighbours_are_the_most_overlapping_earlier_active_edits_above_the_floo
     for record in FACTS:
         editor.edit(Fact.from_json(record))
     query = editor.mask_for("The capital of the Republic of Zorbia was")
-    overlaps = pack.memory.bank.overlaps(query.unsqueeze(0))[0]
+    overlaps = pack.memory.overlaps(query.unsqueeze(0))[0]
     ranked = overlaps.argsort(descending=True).tolist()
     assert editor.neighbours(query) == ranked  # the default floor 0.0: every earlier edit, most similar first
-    editor.settings = EditSettings(rehearse_overlap=None)  # floor: the routing threshold
-    pack.memory.threshold = overlaps.max().item()
+    pack.manifest.training = TrainingConfig(rehearse_overlap=None)  # floor: the routing threshold
+    pack.manifest.routing.threshold = overlaps.max().item()
     assert editor.neighbours(query) == [ranked[0]]
     pack.memory.bank.active[ranked[0]] = False
     assert editor.neighbours(query) == []
-    editor.settings = EditSettings(rehearse=1)
+    pack.manifest.training = TrainingConfig(rehearse=1)
     assert editor.neighbours(query) == [ranked[1]]
-    editor.settings = EditSettings(rehearse=0)
+    pack.manifest.training = TrainingConfig(rehearse=0)
     assert editor.neighbours(query) == []
 
 

@@ -1,4 +1,5 @@
 """The metric definitions, pinned on hand-built cases (a model whose predictions we choose)."""
+
 from contextlib import contextmanager
 
 import torch
@@ -28,9 +29,11 @@ class ScriptedWrapper:
     """Stands in for MemoirLinear: records the routing span and switches the model to base."""
 
     def __init__(self, model: ScriptedLM) -> None:
-        self.model, self.memories, self.spans = model, [], []
-        self.routes = type("R", (), {"describe": lambda _self, memories: self._routes})()
+        self.model, self.spans = model, []
         self._routes = []
+
+    def describe_routes(self):
+        return self._routes
 
     @contextmanager
     def routing_from(self, mask):
@@ -106,8 +109,9 @@ def test_locality_is_agreement_with_the_unedited_model_when_the_edit_changes_one
     base = {v["sang"]: v["x"], v["x"]: v["y"], v["y"]: v["z"]}
     # The edit changes the prediction after "x" only: one answer position of three differs.
     model = ScriptedLM(10, base, edits={v["x"]: v["w"]})
-    fact = Fact(prompt="who", target="x", id="e",
-                locality=({"prompt": "who sang", "target": "z z z"},))  # the answer's own tokens do not matter
+    fact = Fact(
+        prompt="who", target="x", id="e", locality=({"prompt": "who sang", "target": "z z z"},)
+    )  # the answer's own tokens do not matter
     scorer = Scorer(model, vocab, ScriptedWrapper(model))
     report = evaluate(scorer, [fact], generate_fn=lambda prompts, n, edited: ["" for _ in prompts])
     # Answer positions predict after "sang", "z", "z": base says x, 0, 0 and the edit agrees on all three...
@@ -135,14 +139,25 @@ def test_progress_counts_every_scored_and_generated_sequence_and_ends_at_its_tot
     v = vocab.ids
     model = ScriptedLM(8, {v["q"]: v["a"]})
     facts = [
-        Fact(prompt="q", target="a", id=f"e{i}", rephrases=("r",),
-             locality=({"prompt": "l", "target": "m"}, {"prompt": "m"}))  # the second has no answer
+        Fact(
+            prompt="q",
+            target="a",
+            id=f"e{i}",
+            rephrases=("r",),
+            locality=({"prompt": "l", "target": "m"}, {"prompt": "m"}),
+        )  # the second has no answer
         for i in range(3)
     ]
     calls = []
     scorer = Scorer(model, vocab, ScriptedWrapper(model), batch_size=2)
-    evaluate(scorer, facts, lambda prompts, n, edited: ["a" for _ in prompts], check_generation=True,
-             baseline=True, on_progress=lambda done, total: calls.append((done, total)))
+    evaluate(
+        scorer,
+        facts,
+        lambda prompts, n, edited: ["a" for _ in prompts],
+        check_generation=True,
+        baseline=True,
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
     # 3 rel + 3 gen + 6 loc twice (edited, base) + 3 loc answers generated, then the baseline's
     # 3 rel + 3 gen, then generation of 3 rel + 3 gen + 6 loc twice.
     total = 3 + 3 + 12 + 3 + 6 + 18
@@ -156,9 +171,11 @@ def test_a_rephrasing_routed_to_a_sibling_edit_with_the_same_target_counts_as_re
     vocab = _Vocab(["q", "a", "b", "r", "s", "t"])
     model = ScriptedLM(8, {})
     # ScriptedWrapper routes every prompt to edit "e" of pack "p", whose target is "a".
-    facts = [Fact(prompt="q", target="a", id="e", rephrases=("r",)),
-             Fact(prompt="q", target="a", id="f", rephrases=("s",)),
-             Fact(prompt="q", target="b", id="g", rephrases=("t",))]
+    facts = [
+        Fact(prompt="q", target="a", id="e", rephrases=("r",)),
+        Fact(prompt="q", target="a", id="f", rephrases=("s",)),
+        Fact(prompt="q", target="b", id="g", rephrases=("t",)),
+    ]
     scorer = Scorer(model, vocab, ScriptedWrapper(model))
     report = evaluate(scorer, facts, lambda p, n, e: ["" for _ in p], edit_targets={("p", "e"): "a", ("p", "g"): "b"})
     assert report.routing["gen_to_right_edit"] == 1 / 3  # only e's own rephrasing reaches e

@@ -44,7 +44,9 @@ def test_facts_without_id_get_a_stable_content_id(tmp_path):
 
 
 def test_repeated_id_is_reported_with_both_lines(tmp_path):
-    details, path = problems_in(tmp_path, '{"id": "a", "prompt": "A", "target": "B"}\n{"id": "a", "prompt": "C", "target": "D"}\n')
+    details, path = problems_in(
+        tmp_path, '{"id": "a", "prompt": "A", "target": "B"}\n{"id": "a", "prompt": "C", "target": "D"}\n'
+    )
     assert details == [f"{path}:2: 'id' 'a' repeats line 1"]
 
 
@@ -60,7 +62,13 @@ def test_empty_and_missing_files_are_bad_input(tmp_path):
 def test_zsre_records_map_to_facts_and_empty_targets_are_reported(tmp_path):
     path = tmp_path / "zsre.json"
     records = [
-        {"src": "Who  made X?", "alt": " Ann", "rephrase": "Who built X?", "loc": "nq question: where is y", "loc_ans": "Z"},
+        {
+            "src": "Who  made X?",
+            "alt": " Ann",
+            "rephrase": "Who built X?",
+            "loc": "nq question: where is y",
+            "loc_ans": "Z",
+        },
         {"src": "Who made W?", "alt": "", "rephrase": "Who built W?"},
     ]
     path.write_text(json.dumps(records))

@@ -1,4 +1,5 @@
 """Versions: log, PACK@N, rollback (bit-identical), replay of dropped versions, rebuild, diff."""
+
 import json
 
 import pytest
@@ -36,12 +37,31 @@ def write_facts(path, records):
 def history(tmp_path, model_dir):
     """Version 1: two facts; 2: a third; 3: the first retargeted; 4: the second reverted."""
     pack = tmp_path / "pack"
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 2,
-       "--message", "first two", "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "a.jsonl", FACTS[:2]),
+        "--pack",
+        pack,
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+        "--message",
+        "first two",
+        "--json",
+    )
     ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 2, "--json")
-    ok("edit", write_facts(tmp_path / "c.jsonl", [{"id": "f-paris-2", "prompt": FACTS[0]["prompt"], "target": "Rome"}]),
-       "--pack", pack, "--steps", 2, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "c.jsonl", [{"id": "f-paris-2", "prompt": FACTS[0]["prompt"], "target": "Rome"}]),
+        "--pack",
+        pack,
+        "--steps",
+        2,
+        "--json",
+    )
     ok("revert", pack, FACTS[1]["id"], "--message", "wrong colour", "--json")
+    ok("gc", pack, "--grace", 0, "--json")  # the files of versions the snapshot policy does not keep go now
     return pack
 
 
@@ -55,7 +75,12 @@ def test_each_change_is_a_version_that_log_lists_with_what_it_did(history):
     assert [v["version"] for v in versions] == [1, 2, 3, 4]
     assert [v["kind"] for v in versions] == ["edit", "edit", "edit", "revert"]
     assert versions[0]["message"] == "first two" and versions[3]["message"] == "wrong colour"
-    assert [(v["added"], v["replaced"], v["deactivated"]) for v in versions] == [(2, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    assert [(v["added"], v["replaced"], v["deactivated"]) for v in versions] == [
+        (2, 0, 0),
+        (1, 0, 0),
+        (0, 1, 0),
+        (0, 0, 1),
+    ]
     assert [(v["edits"], v["active"]) for v in versions] == [(2, 2), (3, 3), (4, 3), (4, 2)]
     assert [v["stored"] for v in versions] == [False, False, False, True]  # only the current one, at 1 in 10
     assert versions[1]["stats"]["columns_touched"] == 37  # one fact: its k columns
@@ -86,9 +111,21 @@ def test_pack_at_n_names_a_version_for_show_and_apply(history, model_dir):
 
 def test_a_dropped_version_is_replayed_bit_identically(tmp_path, model_dir):
     pack = tmp_path / "pack"
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 3, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "a.jsonl", FACTS[:2]),
+        "--pack",
+        pack,
+        "--model",
+        model_dir,
+        "--steps",
+        3,
+        "--json",
+    )
     first = load_pack(pack)
     ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 3, "--json")
+    assert load_pack(f"{pack}@1").version == 1  # within gc's grace period version 1's files are still there
+    assert ok("gc", pack, "--grace", 0, "--json")["removed_objects"] == 3  # its memory, masks and facts
     with pytest.raises(Exception, match="not kept"):
         load_pack(f"{pack}@1")
     replayed = open_pack(f"{pack}@1", loader(model_dir))
@@ -98,8 +135,19 @@ def test_a_dropped_version_is_replayed_bit_identically(tmp_path, model_dir):
 
 def test_a_replay_that_does_not_reproduce_the_version_is_refused(tmp_path, model_dir):
     pack = tmp_path / "pack"
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 3, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "a.jsonl", FACTS[:2]),
+        "--pack",
+        pack,
+        "--model",
+        model_dir,
+        "--steps",
+        3,
+        "--json",
+    )
     ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 3, "--json")
+    ok("gc", pack, "--grace", 0, "--json")
     record_file = pack / "versions" / "000001.json"
     record = json.loads(record_file.read_text())
     record["facts"][0]["target"] = "somewhere else"  # the record no longer says what was done
@@ -112,8 +160,18 @@ def test_a_replay_that_does_not_reproduce_the_version_is_refused(tmp_path, model
 def test_rollback_makes_version_n_current_bit_identically_as_a_new_version(tmp_path, model_dir, snapshot_every):
     pack = tmp_path / "pack"
     kept = ["--snapshot-every", snapshot_every] if snapshot_every else []
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:2]), "--pack", pack, "--model", model_dir, "--steps", 2,
-       *kept, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "a.jsonl", FACTS[:2]),
+        "--pack",
+        pack,
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+        *kept,
+        "--json",
+    )
     ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 2, "--json")
     ok("revert", pack, FACTS[0]["id"], "--json")
     result = ok("rollback", pack, "--to", 1, "--model", model_dir, "--json")
@@ -139,9 +197,19 @@ def test_rebuild_equals_editing_the_active_facts_into_a_fresh_pack(history, tmp_
     active = [f.to_json() for f in rebuilt.facts]
     assert [f["id"] for f in active] == [FACTS[2]["id"], "f-paris-2"]  # reverted and replaced edits dropped
     fresh = tmp_path / "fresh"
-    ok("edit", write_facts(tmp_path / "active.jsonl", active), "--pack", fresh, "--model", model_dir, "--steps", 2, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "active.jsonl", active),
+        "--pack",
+        fresh,
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+        "--json",
+    )
     again = load_pack(fresh)
-    assert rebuilt.manifest["files"] == again.manifest["files"]  # bit-identical data files
+    assert rebuilt.manifest.files == again.manifest.files  # bit-identical data files
     assert ok("log", history, "--json")["versions"][-1]["kind"] == "rebuild"
 
 
@@ -150,8 +218,15 @@ def test_diff_of_two_versions_lists_facts_settings_and_memory_change(history, mo
     facts = report["facts"]
     assert [f["id"] for f in facts["added"]] == [FACTS[2]["id"]]
     assert [f["id"] for f in facts["removed"]] == [FACTS[1]["id"]]
-    assert facts["retargeted"] == [{"prompt": FACTS[0]["prompt"], "id_a": FACTS[0]["id"], "id_b": "f-paris-2",
-                                    "target_a": "Paris", "target_b": "Rome"}]
+    assert facts["retargeted"] == [
+        {
+            "prompt": FACTS[0]["prompt"],
+            "id_a": FACTS[0]["id"],
+            "id_b": "f-paris-2",
+            "target_a": "Paris",
+            "target_b": "Rome",
+        }
+    ]
     assert 0 < report["memory"]["columns_touched"] <= 128 and report["memory"]["norm"] > 0
     assert report["settings"] == [] and report["stacked"] is False
     text = run("diff", f"{history}@1", history, "--model", model_dir).stdout
@@ -163,8 +238,19 @@ def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, m
     monkeypatch.setattr("memoir_cli.diff.BLOCK", block)
     a, b = tmp_path / "a", tmp_path / "b"
     ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
-    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--pack", b, "--model", model_dir, "--steps", 1,
-       "--threshold", 0.0, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "b.jsonl", FACTS[1:]),
+        "--pack",
+        b,
+        "--model",
+        model_dir,
+        "--steps",
+        1,
+        "--threshold",
+        0.0,
+        "--json",
+    )
     report = ok("diff", a, b, "--json")
     assert report["stacked"] is True
     assert [(c["a"], c["b"]) for c in report["conflicts"]["within_b"]] == [(FACTS[1]["id"], FACTS[2]["id"])]
@@ -176,16 +262,39 @@ def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, m
 def test_diff_across_packs_with_another_seed_hashes_prompts_with_the_base_model(tmp_path, model_dir):
     a, b = tmp_path / "a", tmp_path / "b"
     ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
-    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[:1]), "--pack", b, "--model", model_dir, "--steps", 1,
-       "--seed", 7, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "b.jsonl", FACTS[:1]),
+        "--pack",
+        b,
+        "--model",
+        model_dir,
+        "--steps",
+        1,
+        "--seed",
+        7,
+        "--json",
+    )
     report = ok("diff", a, b, "--model", model_dir, "--json")
-    assert [(c["a"], c["b"], c["overlap"]) for c in report["conflicts"]["across"]] == [(FACTS[0]["id"], FACTS[0]["id"], 1.0)]
+    assert [(c["a"], c["b"], c["overlap"]) for c in report["conflicts"]["across"]] == [
+        (FACTS[0]["id"], FACTS[0]["id"], 1.0)
+    ]
 
 
 def test_diff_refuses_packs_of_different_base_models_unless_forced(tmp_path, model_dir, other_model_dir):
     a, b = tmp_path / "a", tmp_path / "b"
     ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
-    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[:1]), "--pack", b, "--model", other_model_dir, "--steps", 1, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "b.jsonl", FACTS[:1]),
+        "--pack",
+        b,
+        "--model",
+        other_model_dir,
+        "--steps",
+        1,
+        "--json",
+    )
     result = run("diff", a, b)
     assert result.exit_code == 3 and "different base models" in result.stderr and "--force" in result.stderr
     assert ok("diff", a, b, "--force", "--model", model_dir, "--json")["same_base_model"] is False
@@ -198,8 +307,11 @@ def test_eval_scores_a_named_version(history, model_dir):
 
 
 def test_writing_commands_refuse_a_version_name_and_create_nothing(history, tmp_path):
-    for args in (["revert", f"{history}@2", FACTS[2]["id"]], ["rollback", f"{history}@2", "--to", 1],
-                 ["edit", tmp_path / "b.jsonl", "--pack", f"{history}@2"]):
+    for args in (
+        ["revert", f"{history}@2", FACTS[2]["id"]],
+        ["rollback", f"{history}@2", "--to", 1],
+        ["edit", tmp_path / "b.jsonl", "--pack", f"{history}@2"],
+    ):
         result = run(*args)
         assert result.exit_code == 2 and "versions never change" in result.output
     assert not (tmp_path / "pack@2").exists() and len(ok("log", history, "--json")["versions"]) == 4
@@ -216,18 +328,35 @@ def test_a_tampered_version_record_is_named(history):
 
 def test_a_long_run_commits_a_checkpoint_version_every_50_facts_by_default(tmp_path, model_dir):
     facts = [{"prompt": f"The code word number {i} is", "target": f"w{i}"} for i in range(51)]
-    summary = ok("edit", write_facts(tmp_path / "many.jsonl", facts), "--pack", tmp_path / "pack", "--model", model_dir,
-                 "--steps", 1, "--rehearse", 0, "--json")
+    summary = ok(
+        "edit",
+        write_facts(tmp_path / "many.jsonl", facts),
+        "--pack",
+        tmp_path / "pack",
+        "--model",
+        model_dir,
+        "--steps",
+        1,
+        "--rehearse",
+        0,
+        "--json",
+    )
     assert summary["versions"] == [1, 2]
     versions = ok("log", tmp_path / "pack", "--json")["versions"]
     assert [(v["added"], v["message"]) for v in versions] == [
-        (50, "edit: 50 added (facts 1-50 of 51)"), (1, "edit: 1 added (facts 51-51 of 51)")]
+        (50, "edit: 50 added (facts 1-50 of 51)"),
+        (1, "edit: 1 added (facts 51-51 of 51)"),
+    ]
 
 
 def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path):
     missing = tmp_path / "nowhere" / "pack"
-    for args in (["rollback", missing, "--to", 1], ["rebuild", missing], ["revert", missing, "some-id"],
-                 ["log", missing]):
+    for args in (
+        ["rollback", missing, "--to", 1],
+        ["rebuild", missing],
+        ["revert", missing, "some-id"],
+        ["log", missing],
+    ):
         result = run(*args)
         assert result.exit_code == 3 and "no such pack" in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 Every memoir command runs as a subprocess with HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE
 set in its environment, so they are read the way huggingface_hub reads them.
 """
+
 import hashlib
 import json
 import os
@@ -36,14 +37,23 @@ class Shell:
 
     def __init__(self, hub: FakeHub, home: Path, token: str | None = TOKEN, offline: bool = False) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-        self.env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_OFFLINE="1" if offline else "0",
-                        HF_HUB_DISABLE_TELEMETRY="1")
+        self.env.update(
+            HF_ENDPOINT=hub.endpoint,
+            HF_HOME=str(home),
+            HF_HUB_OFFLINE="1" if offline else "0",
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )
         if token:
             self.env["HF_TOKEN"] = token
 
     def __call__(self, *args, code: int = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "memoir_cli", *map(str, args)], env=self.env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "memoir_cli", *map(str, args)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == code, f"exit {result.returncode}: {result.stdout}{result.stderr}"
         return result
 
@@ -118,15 +128,18 @@ def test_each_pushed_version_is_pulled_with_its_own_answers(hub, pushed, tmp_pat
 def test_pushing_versions_whose_files_were_not_kept_replays_them(hub, tmp_path, model_dir):
     pack = tmp_path / "pack"
     for facts in (FACTS[:1], FACTS[1:2], FACTS[2:]):
-        edit(pack, facts, model_dir, tmp_path)  # versions 1 and 2 are then kept only as records
+        edit(pack, facts, model_dir, tmp_path)
+    gc = runner.invoke(app, ["gc", str(pack), "--grace", "0", "--json"])
+    assert json.loads(gc.stdout)["kept_versions"] == [3]  # versions 1 and 2 are then kept only as records
     result = Shell(hub, tmp_path / "h").json("push", pack, "alice/late", "--model", model_dir)
     assert result["pushed"] == [1, 2, 3]
     repo = hub.repos["alice/late"]
     for number in (1, 2, 3):
         files = repo.commits[repo.tags[f"v{number}"]].files
         recorded = read_record(pack, number)["manifest"]["files"]
-        assert {name: hashlib.sha256(files[name]).hexdigest() for name in recorded} == \
-            {name: entry["sha256"] for name, entry in recorded.items()}  # replayed bit for bit
+        assert {name: hashlib.sha256(files[name]).hexdigest() for name in recorded} == {
+            name: entry["sha256"] for name, entry in recorded.items()
+        }  # replayed bit for bit
 
 
 def test_offline_works_from_a_warm_cache_and_fails_clearly_from_a_cold_one(hub, pushed, tmp_path, model_dir):
@@ -199,8 +212,14 @@ def test_only_the_packs_own_data_files_are_downloaded(hub, pushed, tmp_path):
     tamper(hub, lambda files: files.update({"adapter_model.bin": b"\x80\x04pickle", "run.py": b"import os"}))
     folder = Path(Shell(hub, tmp_path / "h").json("pull", f"{REPO}@v2")["path"])
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "background.safetensors", "facts.jsonl", "manifest.json", "masks.safetensors",
-        "memory.safetensors", "versions"]
+        "README.md",
+        "background.safetensors",
+        "facts.jsonl",
+        "manifest.json",
+        "masks.safetensors",
+        "memory.safetensors",
+        "versions",
+    ]
 
 
 def test_a_pack_for_another_base_model_is_refused_before_any_weight_is_touched(hub, pushed, tmp_path, other_model_dir):

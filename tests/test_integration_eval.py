@@ -1,4 +1,5 @@
 """`memoir eval` on SmolLM2-135M after 20 sequential ZsRE edits, through the command line."""
+
 import json
 from pathlib import Path
 

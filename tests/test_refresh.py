@@ -1,4 +1,5 @@
 """Refresh semantics of `memoir edit` on an existing pack, dry runs, and one writer at a time."""
+
 import json
 import threading
 
@@ -68,8 +69,10 @@ def test_the_later_of_two_lines_with_one_prompt_wins():
 def test_dry_run_plans_without_loading_a_model_or_writing(pack_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(workflows, "load_model", lambda *a, **k: pytest.fail("a dry run loaded a model"))
     before = tree(pack_dir)
-    facts = write_facts(tmp_path / "f.jsonl", [{"prompt": FACTS[0]["prompt"], "target": "Lisbon"},
-                                               {"prompt": "Brand new?", "target": "yes"}, FACTS[1]])
+    facts = write_facts(
+        tmp_path / "f.jsonl",
+        [{"prompt": FACTS[0]["prompt"], "target": "Lisbon"}, {"prompt": "Brand new?", "target": "yes"}, FACTS[1]],
+    )
     summary = json.loads(run("edit", facts, "--pack", pack_dir, "--dry-run", "--json").stdout)
     assert summary["dry_run"] and summary["planned"] == 2 and summary["replaced"] == 1 and summary["skipped"] == 1
     assert tree(pack_dir) == before
@@ -105,8 +108,19 @@ def test_revert_deactivates_edits_by_id_or_prompt_and_routing_skips_them(pack_di
     assert json.loads(result.stdout)["reverted"] == [FACTS[0]["id"], FACTS[1]["id"]]
     shown = json.loads(run("show", pack_dir, "--json").stdout)
     assert shown["active"] == 1 and [f["active"] for f in shown["facts"]] == [False, False, True]
-    answers = json.loads(run("apply", pack_dir, "--prompt", FACTS[0]["prompt"], "--prompt", FACTS[2]["prompt"],
-                             "--max-new-tokens", 2, "--json").stdout)
+    answers = json.loads(
+        run(
+            "apply",
+            pack_dir,
+            "--prompt",
+            FACTS[0]["prompt"],
+            "--prompt",
+            FACTS[2]["prompt"],
+            "--max-new-tokens",
+            2,
+            "--json",
+        ).stdout
+    )
     assert answers[0]["edit_id"] is None and answers[1]["edit_id"] == FACTS[2]["id"]
 
 

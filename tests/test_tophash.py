@@ -1,7 +1,12 @@
 import torch
 
+from memoir_cli.config import default_top_k
 from memoir_cli.tophash import (
-    background_prompts, default_top_k, make_permutation, pack_masks, tophash, unpack_masks,
+    background_prompts,
+    make_permutation,
+    pack_masks,
+    tophash,
+    unpack_masks,
 )
 
 

@@ -1,0 +1,107 @@
+"""Option and argument types shared by the commands, each declared once.
+
+Help texts of pack settings come from config.py, where the settings themselves are defined.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..config import LayerConfig, RoutingConfig, TopHashConfig, TrainingConfig, help_for
+from ..refs import local_ref
+
+
+class Device(str, Enum):
+    """Where the model runs (cuda:N is accepted too, see `device_option`)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class FactsFormat(str, Enum):
+    auto = "auto"
+    jsonl = "jsonl"
+    zsre = "zsre"
+
+
+def _folder_not_version(value: Path | str) -> Path | str:
+    """Commands that write a pack take its folder: a version `PACK@N` is read-only."""
+    ref = local_ref(value)
+    if ref.version is not None:
+        raise typer.BadParameter(
+            f"{value} names version {ref.version}, and versions never change: give the pack "
+            f"folder {ref.path} (memoir rollback {ref.path} --to {ref.version} restores it)"
+        )
+    return value
+
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub repo id, local folder or .gguf file. Default: the pack's base model, "
+        "else the built-in SmolLM2-135M-Instruct.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="Model dtype.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+NoWaitOpt = Annotated[
+    bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")
+]
+MessageOpt = Annotated[str | None, typer.Option("--message", help="Why: recorded with the new version (memoir log).")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="Hugging Face token (default: HF_TOKEN or the saved login).")
+]
+PacksArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Packs: PATH, PATH@N (version N), or a Hub repo user/pack[@vN]; stacked, the best-matching edit wins."
+    ),
+]
+PackArg = Annotated[str, typer.Argument(help="Pack: PATH, PATH@N (version N), or a Hub repo user/pack[@vN].")]
+PackFolderArg = Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)]
+FormatOpt = Annotated[FactsFormat, typer.Option("--format", help="Facts format: jsonl, zsre, or auto (.json is ZsRE).")]
+SkipInvalidOpt = Annotated[
+    bool, typer.Option(help="Leave out bad records (each reported) instead of refusing the file.")
+]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="Only the first N records.")]
+
+# `memoir edit`'s settings: None means the pack's value, else the default for the model (config.py).
+LayerOpt = Annotated[int | None, typer.Option(min=0, help=help_for(LayerConfig, "index"))]
+TopKOpt = Annotated[int | None, typer.Option(min=1, help=help_for(TopHashConfig, "k"))]
+SeedOpt = Annotated[int | None, typer.Option(help=help_for(TopHashConfig, "seed"))]
+ThresholdOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help=help_for(RoutingConfig, "threshold"))]
+StepsOpt = Annotated[int | None, typer.Option(min=1, help=help_for(TrainingConfig, "steps"))]
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value} is not positive")
+    return value
+
+
+LrOpt = Annotated[float | None, typer.Option(callback=_positive, help=help_for(TrainingConfig, "lr"))]
+RehearseOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingConfig, "rehearse"))]
+RehearseOverlapOpt = Annotated[
+    float | None, typer.Option(min=0.0, max=1.0, help=help_for(TrainingConfig, "rehearse_overlap"))
+]
+CheckpointEveryOpt = Annotated[
+    int, typer.Option(min=1, help="Commit a version every N facts, so a killed run loses at most N.")
+]
+SnapshotEveryOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Keep every N-th version's files in full (others are replayed on demand; default 10)."),
+]

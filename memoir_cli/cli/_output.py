@@ -1,0 +1,124 @@
+"""What every command shares on the way out: the two consoles, errors as one line and an exit
+code, progress bars, JSON, and the base-model loader for commands that may need one.
+
+stdout carries results (tables, or JSON with --json); stderr carries progress, warnings and errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import MemoirError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """Turn library errors into one clear message and the command's exit code, never a traceback."""
+
+    @wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MemoirError as error:
+            err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+            for line in error.details:
+                err.print(f"  {line}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]; nothing was written")
+            raise typer.Exit(130) from None
+
+    return run
+
+
+def print_json(document: Any) -> None:
+    out.print_json(json.dumps(document))
+
+
+def say(message: str) -> None:
+    """A plain result line on stdout (no markup guessing on paths and numbers)."""
+    out.print(message, highlight=False)
+
+
+def say_waiting(message: str) -> None:
+    err.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+
+
+def warn_skipped(problem: str) -> None:
+    err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+
+
+def progress_bar(label: str, enabled: bool, *fields: TextColumn) -> Progress:
+    """A bar on stderr (stdout stays clean for --json and pipes): label, bar, done/total, fields, time."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *fields,
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+class edit_progress:
+    """A rich progress bar (fact i/N, loss, step) fed by the editing callbacks."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = progress_bar(
+            "editing", enabled, TextColumn("loss {task.fields[loss]}"), TextColumn("step {task.fields[step]}")
+        )
+        self.task = None
+
+    def __enter__(self) -> dict:
+        self.progress.start()
+
+        def on_start(total: int) -> None:
+            self.task = self.progress.add_task("edit", total=total, loss="-", step="-")
+
+        def on_step(_number, _fact, step: int, loss: float) -> None:
+            self.progress.update(self.task, loss=f"{loss:.4f}", step=step)
+
+        def on_fact(_number, _result) -> None:
+            self.progress.advance(self.task)
+
+        return {"on_start": on_start, "on_step": on_step, "on_fact": on_fact}
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+@contextmanager
+def eval_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A bar of sequences scored or generated, fed by evaluate's progress callback."""
+    progress = progress_bar("scoring", enabled, TextColumn("sequences"))
+    task = progress.add_task("eval", total=None)
+    with progress:
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def model_loader(model: str | None, device: str, dtype: str):
+    """Loads the base model the first time a command needs it (replaying a version, hashing prompts)."""
+    cache = {}
+
+    def load(pack):
+        from ..models import load_model
+        from ..workflows import model_spec_for
+
+        if "model" not in cache:
+            err.print("[dim]loading the base model to replay a version...[/]")
+            cache["model"] = load_model(model or model_spec_for(pack), device, dtype)
+        return cache["model"]
+
+    return load

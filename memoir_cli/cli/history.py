@@ -1,0 +1,119 @@
+"""Commands over a pack's history: rollback, rebuild (each adds a version), gc (frees space)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..store import DEFAULT_GRACE_SECONDS
+from ._options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, MessageOpt, ModelOpt, NoWaitOpt, PackFolderArg
+from ._output import edit_progress, handles_errors, model_loader, print_json, say, say_waiting
+
+
+@handles_errors
+def rollback(
+    pack: PackFolderArg,
+    to: Annotated[int, typer.Option("--to", min=1, help="Version whose state becomes current again.")],
+    message: MessageOpt = None,
+    model: ModelOpt = None,
+    no_wait: NoWaitOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = Dtype.float32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make version N's state current again (bit-identical weights and masks) as a new version.
+
+    History is never rewritten: the versions after N stay in the log.
+
+    [dim]Example: memoir rollback my-pack --to 3[/]
+    """
+    from ..history import rollback as roll_back
+
+    result = roll_back(
+        pack, to, model_loader(model, device, dtype.value), message, wait=not no_wait, on_wait=say_waiting
+    )
+    if as_json:
+        print_json(result.to_json())
+    else:
+        say(f"[green]rolled back[/] {pack} to version {to}'s state, as version {result.version}")
+
+
+@handles_errors
+def rebuild(
+    pack: PackFolderArg,
+    message: MessageOpt = None,
+    model: ModelOpt = None,
+    no_wait: NoWaitOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = Dtype.float32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay the active facts from scratch into a compact memory, as a new version.
+
+    Reverted and replaced edits are dropped. On the same device with the same seed the result is
+    bit-identical to editing the active facts into a fresh pack.
+
+    [dim]Example: memoir rebuild my-pack[/]
+    """
+    from ..history import rebuild as rebuild_pack
+
+    with edit_progress(enabled=not as_json) as hooks:
+        result = rebuild_pack(
+            pack,
+            model_loader(model, device, dtype.value),
+            dtype.value,
+            message,
+            wait=not no_wait,
+            on_wait=say_waiting,
+            on_start=hooks["on_start"],
+            on_fact=hooks["on_fact"],
+        )
+    if as_json:
+        print_json(result.to_json())
+    else:
+        say(f"[green]rebuilt[/] {pack} as version {result.version}")
+
+
+@handles_errors
+def gc(
+    pack: PackFolderArg,
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Keep unneeded files younger than this many seconds, for "
+            "readers that opened an older version a moment ago.",
+        ),
+    ] = DEFAULT_GRACE_SECONDS,
+    keep: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--keep", min=1, help="Also keep this version's files in full (repeatable), e.g. each pushed one."
+        ),
+    ] = None,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the files no kept version needs (the current one, every --snapshot-every-th, and --keep).
+
+    Commits collect what is older than the grace period on their own; run this to free space at once
+    (--grace 0) or to keep more versions readable without replay.
+
+    [dim]Example: memoir gc my-pack --grace 0 --keep 12[/]
+    """
+    from ..store import collect_garbage, writing
+
+    with writing(pack, wait=not no_wait, on_wait=say_waiting) as path:
+        result = collect_garbage(path, grace, keep or [])
+    if as_json:
+        print_json(result.to_json())
+    else:
+        say(
+            f"[green]gc[/] {pack}: removed {result.removed_objects} object(s) ({result.removed_bytes:,} bytes) and "
+            f"{result.removed_records} stray record(s); versions kept in full: "
+            f"{', '.join(map(str, result.kept_versions))}"
+        )
+
+
+COMMANDS = {"rollback": rollback, "rebuild": rebuild, "gc": gc}

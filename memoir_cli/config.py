@@ -1,0 +1,208 @@
+"""Every setting of a pack, once: its type, its default, its help text and its place in the manifest.
+
+`Manifest.to_dict()` is `manifest.json` (schemas/pack.schema.json); `memoir edit`'s help, `memoir
+diff`'s settings comparison, `memoir show` and the model card read the same fields. Routing and
+editing read them from the pack's manifest too, so changing a setting is changing one field here.
+
+A default that depends on the model (k, the edited layer, the learning rate) is a function of the
+model's shape, resolved once when a pack is created and stored from then on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT, FORMAT_VERSION = "memoir-pack", 2
+DEFAULT_SNAPSHOT_EVERY = 10  # versions whose files are kept in full; the others are replayed on demand
+DEFAULT_CHECKPOINT_EVERY = 50  # a killed long `memoir edit` loses at most this many facts' training
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its help text (shown by `memoir edit -h` and in the docs)."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_for(config: type, name: str) -> str:
+    """The help text of setting `name` of `config`."""
+    return next(f.metadata["help"] for f in dataclasses.fields(config) if f.name == name)
+
+
+def default_layer_index(num_layers: int) -> int:
+    """About 0.85 of the depth, as in the reference (layer 27 of Llama-3-8B's 32)."""
+    return int(0.85 * num_layers)
+
+
+def default_top_k(d_ff: int) -> int:
+    """The reference's 4096 of 14336 (about 28.6%), scaled to this layer's width."""
+    return round(0.286 * d_ff)
+
+
+def default_lr(d_ff: int) -> float:
+    """The reference's 1.0 at its scale (Llama-3-8B, d_ff 14336); 4.0 for narrow layers.
+
+    The gradient is clipped to norm 1, so one step moves W_m by at most `lr`, and how far the
+    output moves per step grows with the activations' size. On SmolLM2-135M (d_ff 1536) lr 1.0
+    leaves 30 steps far from fitting (docs/BENCHMARKS.md); 4.0 fits.
+    """
+    return 1.0 if d_ff >= 8192 else 4.0
+
+
+@dataclass
+class TrainingConfig:
+    """The reference optimiser and stop rule (MEMOIR.md), plus rehearsal (editor.py)."""
+
+    steps: int = setting(30, "Maximum SGD steps per fact (early stop at loss <= 0.02 that moved <= 1e-4).")
+    lr: float = setting(1.0, "SGD learning rate (a new pack: 1.0 if d_ff >= 8192, else 4.0).")
+    weight_decay: float = setting(1e-5, "SGD weight decay.")
+    clip: float = setting(1.0, "Gradient-norm clip.")
+    stop_loss: float = setting(0.02, "Early stop once the loss is at most this...")
+    stop_delta: float = setting(1e-4, "...and moved at most this since the step before.")
+    rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
+    rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
+
+
+@dataclass
+class TopHashConfig:
+    """How a prompt becomes a mask; fixed when the pack is created (every stored mask depends on it)."""
+
+    k: int = setting(0, "Features per TopHash mask (a new pack: round(0.286 * d_ff)).")
+    seed: int = setting(0, "Seed of the TopHash permutation and of the training prefixes.")
+    aggregation: str = setting("mean", "How token features are pooled into the prompt feature.")
+    background_prompts: int = setting(0, "How many built-in prompts the background mean averages.")
+
+
+@dataclass
+class RoutingConfig:
+    """When a query uses an edit."""
+
+    threshold: float = setting(0.5, "Routing threshold tau: minimum mask overlap to apply an edit.")
+
+
+@dataclass
+class LayerConfig:
+    """The edited module: block `index`'s MLP down-projection, d_ff -> d_model."""
+
+    index: int = setting(0, "Block whose MLP down-projection is edited (a new pack: about 0.85 of the depth).")
+    path: str = ""
+    num_layers: int = 0
+    d_ff: int = 0
+    d_model: int = 0
+
+
+@dataclass
+class BaseModelInfo:
+    """The model a pack was made for; the fingerprint is what `attach` checks."""
+
+    id: str
+    revision: str | None
+    architecture: str
+    model_type: str
+    fingerprint: dict[str, Any]
+    edit_dtype: str | None = None
+
+
+@dataclass
+class Counts:
+    edits: int = 0
+    active: int = 0
+
+
+@dataclass
+class Manifest:
+    """manifest.json: a version's settings, base model, counts and the sha256 of every data file."""
+
+    tool_version: str
+    created_at: str
+    updated_at: str
+    base_model: BaseModelInfo
+    layer: LayerConfig
+    tophash: TopHashConfig
+    routing: RoutingConfig
+    training: TrainingConfig
+    prefixes: list[str]
+    memory_dtype: str = "float32"
+    counts: Counts = field(default_factory=Counts)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int | None = None  # None: a format 1 pack, or never committed
+    snapshot_every: int | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document, keys in the order packs have always been written."""
+        base = {k: v for k, v in dataclasses.asdict(self.base_model).items() if not (k == "edit_dtype" and v is None)}
+        document: dict[str, Any] = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "tool_version": self.tool_version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "base_model": {
+                key: base[key]
+                for key in ("id", "revision", "architecture", "model_type", "edit_dtype", "fingerprint")
+                if key in base
+            },
+            "layer": dataclasses.asdict(self.layer),
+            "tophash": dataclasses.asdict(self.tophash),
+            "routing": dataclasses.asdict(self.routing),
+            "training": dataclasses.asdict(self.training),
+            "memory_dtype": self.memory_dtype,
+            "counts": dataclasses.asdict(self.counts),
+            "prefixes": list(self.prefixes),
+            "files": {name: dict(entry) for name, entry in self.files.items()},
+        }
+        for key in ("version", "snapshot_every"):
+            if getattr(self, key) is not None:
+                document[key] = getattr(self, key)
+        return document
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Manifest:
+        """A validated manifest document (format 1 or 2) as a Manifest."""
+        return cls(
+            tool_version=document["tool_version"],
+            created_at=document["created_at"],
+            updated_at=document["updated_at"],
+            base_model=BaseModelInfo(**document["base_model"]),
+            layer=LayerConfig(**document["layer"]),
+            tophash=TopHashConfig(**document["tophash"]),
+            routing=RoutingConfig(**document["routing"]),
+            training=TrainingConfig(**document["training"]),
+            prefixes=list(document["prefixes"]),
+            memory_dtype=document["memory_dtype"],
+            counts=Counts(**document["counts"]),
+            files={name: dict(entry) for name, entry in document["files"].items()},
+            version=document.get("version"),
+            snapshot_every=document.get("snapshot_every"),
+            format=document["format"],
+            format_version=document["format_version"],
+        )
+
+    def copy(self) -> Manifest:
+        return Manifest.from_dict(self.to_dict())
+
+    @property
+    def keep_every(self) -> int:
+        """Every how many versions the files are kept in full."""
+        return self.snapshot_every or DEFAULT_SNAPSHOT_EVERY
+
+
+SETTINGS: dict[str, tuple[str, str]] = {
+    "base model": ("base_model", "id"),
+    "layer": ("layer", "path"),
+    "k": ("tophash", "k"),
+    "threshold": ("routing", "threshold"),
+    "seed": ("tophash", "seed"),
+    "steps": ("training", "steps"),
+    "lr": ("training", "lr"),
+    "rehearse": ("training", "rehearse"),
+    "rehearse_overlap": ("training", "rehearse_overlap"),
+}
+"""The settings `memoir diff` compares and `memoir show` lists: label -> (manifest section, field)."""
+
+
+def setting_value(manifest: Manifest, label: str) -> Any:
+    section, name = SETTINGS[label]
+    return getattr(getattr(manifest, section), name)

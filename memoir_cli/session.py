@@ -1,0 +1,143 @@
+"""A model with packs attached, answering and scoring prompts: what `memoir apply` and `memoir eval` use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .batching import pad_left
+from .errors import BadInputError
+from .evaluate import EvalReport, Progress, Scorer, evaluate
+from .facts import Fact
+from .history import open_pack
+from .hub import remember_scores
+from .memory import attach
+from .models import LoadedModel, load_model
+from .pack import Pack
+from .refs import PackRef, parse_ref
+from .workflows import model_spec_for
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8
+) -> list[str]:
+    """Greedy continuations of `prompts`, batched with left padding (continuation text only)."""
+    device = next(model.parameters()).device
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
+        batch = pad_left(rows, tokenizer.pad_token_id, device)
+        generated = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
+        width = batch["input_ids"].shape[1]
+        outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated)
+    return outputs
+
+
+@dataclass
+class Answer:
+    prompt: str
+    output: str
+    pack: str | None
+    edit_id: str | None
+    overlap: float
+    base_output: str | None = None
+
+    def to_json(self) -> dict:
+        record = {
+            "prompt": self.prompt,
+            "output": self.output,
+            "pack": self.pack,
+            "edit_id": self.edit_id,
+            "overlap": self.overlap,
+        }
+        if self.base_output is not None:
+            record["base_output"] = self.base_output
+        return record
+
+
+class Session:
+    """A model with packs attached, answering prompts (used by `memoir apply`)."""
+
+    def __init__(
+        self,
+        pack_refs: list[str | Path | PackRef],
+        model_spec: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        token: str | None = None,
+    ) -> None:
+        if not pack_refs:
+            raise BadInputError("name at least one pack")
+        self.loaded: LoadedModel | None = None
+        self.model_spec, self.device, self.dtype = model_spec, device, dtype
+        self.packs = [open_pack(ref, self.model_for, token) for ref in pack_refs]
+        self.loaded = self.model_for(self.packs[0])
+        self.wrapper = attach(self.loaded.model, *self.packs)
+
+    def model_for(self, pack: Pack) -> LoadedModel:
+        """The session's model (loaded once: for the first pack, or to replay a version of one)."""
+        if self.loaded is None:
+            self.loaded = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
+        return self.loaded
+
+    def answer(
+        self, prompts: list[str], max_new_tokens: int = 32, compare: bool = False, batch_size: int = 8
+    ) -> list[Answer]:
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        answers = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            outputs = generate(model, tokenizer, chunk, max_new_tokens, batch_size)
+            routes = self.wrapper.describe_routes()
+            base = self._base_outputs(chunk, max_new_tokens, batch_size) if compare else [None] * len(chunk)
+            answers.extend(
+                Answer(p, o, r["pack"], r["edit_id"], r["overlap"], b)
+                for p, o, r, b in zip(chunk, outputs, routes, base)
+            )
+        return answers
+
+    def _base_outputs(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+        with self.wrapper.bypassed():
+            return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
+
+    def evaluate(
+        self,
+        facts: list[Fact],
+        check_generation: bool = False,
+        baseline: bool = False,
+        batch_size: int = 16,
+        on_progress: Progress | None = None,
+    ) -> EvalReport:
+        """The paper's Rel / Gen / Loc for `facts`, with routing statistics (see evaluate.py)."""
+
+        def generate_fn(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
+            if edited:
+                return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
+            return self._base_outputs(prompts, max_new_tokens, batch_size)
+
+        scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.wrapper, batch_size)
+        edit_targets = {(pack.name, f.id): f.target for pack in self.packs for f in pack.facts}
+        return evaluate(scorer, facts, generate_fn, check_generation, baseline, on_progress, edit_targets)
+
+    def remember_scores(self, refs: list[str], report: EvalReport, data: str | None) -> None:
+        """One local pack at its current version: keep the scores for its model card (memoir push)."""
+        ref = parse_ref(refs[0])
+        if len(refs) == 1 and isinstance(ref, PackRef) and ref.version is None and self.packs[0].path == ref.path:
+            remember_scores(ref.path, self.packs[0].version, report.summary(), data)
+
+    def pack_facts(self) -> list[Fact]:
+        """Every active fact of the attached packs, in order (what `memoir eval` scores by default)."""
+        return [f for pack in self.packs for f in pack.active_facts()]
