@@ -168,9 +168,11 @@ def test_hub_failures_are_one_clear_line_each(hub, pushed, tmp_path):
         assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
 
 
-def test_a_repo_that_is_not_a_memoir_pack_is_refused(hub, tmp_path):
-    from huggingface_hub import HfApi
+def test_a_repo_that_is_not_a_memoir_pack_is_refused(hub, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants
 
+    # huggingface_hub 1.x parses a commit's URL against constants.ENDPOINT, not the client's endpoint.
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     api.create_repo("alice/some-model")
     (tmp_path / "up").mkdir()
