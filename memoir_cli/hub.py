@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,35 +45,48 @@ def resolve(ref: PackRef | HubRef, token: str | None = None) -> tuple[PackRef, s
         raise HubError(f"no pack folder {str(ref)!r} here, and on the Hub: {error.message}") from None
 
 
-def download(ref: HubRef, token: str | None = None) -> Path:
-    """The pack's files at `ref`, in the Hugging Face cache (downloaded if not there yet)."""
+def download(ref: HubRef, token: str | None = None, into: Path | None = None) -> Path:
+    """The pack's files at `ref`, in the Hugging Face cache (downloaded if not there yet), or
+    downloaded into the folder `into`."""
     from huggingface_hub import snapshot_download
 
     with hub_errors(str(ref), token):
-        folder = Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=PACK_FILES, token=token))
+        folder = Path(
+            snapshot_download(
+                ref.repo_id, revision=ref.revision, allow_patterns=PACK_FILES, token=token, local_dir=into
+            )
+        )
     if not (folder / MANIFEST).is_file():
         raise HubError(f"{ref}: not a memoir pack (the repo has no {MANIFEST})")
     return folder
 
 
 def pull(text: str, to: Path | None = None, token: str | None = None) -> Path:
-    """Download a pack (checked in full) into the cache, and copy it to `to` if given; returns its folder."""
-    from huggingface_hub import snapshot_download
+    """Download a pack, checked in full, into the cache or, if given, the new folder `to`; returns its folder.
 
+    A pack for `to` is downloaded into a staging folder beside it and checked there, so a bad pack
+    never appears at `to`.
+    """
     from .store import load_pack
 
     ref = parse_ref(text)
     if not isinstance(ref, HubRef):
         raise BadInputError(f"{text}: not a Hub repo id (expected user/pack, user/pack@v3 or user/pack@<commit>)")
-    folder = download(ref, token)
-    load_pack(folder)  # schema, checksums, shapes: a bad pack is refused before anyone uses it
     if to is None:
+        folder = download(ref, token)
+        load_pack(folder)  # schema, checksums, shapes: a bad pack is refused before anyone uses it
         return folder
     if to.exists() and any(to.iterdir()):
         raise PackError(f"{to} exists and is not empty; refusing to overwrite it")
-    with hub_errors(str(ref), token):  # from the cache just filled: nothing is downloaded twice
-        snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=PACK_FILES, token=token, local_dir=to)
-    load_pack(to)
+    to.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.pulling-", dir=to.parent))
+    try:
+        load_pack(download(ref, token, into=staging))
+        if to.exists():
+            to.rmdir()  # empty, checked above
+        os.replace(staging, to)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return to
 
 
@@ -115,7 +130,7 @@ def push(
         _check_same_history(api, repo_id, pack_path, remote[-1], head, token)
         license = license or _remote_license(repo_id, f"v{remote[-1]}", token)
     pushed, start = [], (remote[-1] if remote else 0) + 1
-    for pack in versions(start) if start <= head else ():
+    for pack in versions(start):
         number = pack.version
         with tempfile.TemporaryDirectory() as folder:
             export_version(pack, pack_path, number, Path(folder), license)

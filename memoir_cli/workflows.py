@@ -196,7 +196,7 @@ class _EditRun:
                 model_spec or (model_spec_for(self.existing) if self.existing else None), options.device, options.dtype
             )
         pack = self.existing or create_pack(loaded, options)
-        settings_changed = _update_settings(pack, options)
+        settings_changed = self.existing is not None and _update_settings(pack, options)  # create_pack applied them
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)
         ops, done, before = [], [], pack.memory.weight.clone()
         with editing(loaded, pack) as editor:

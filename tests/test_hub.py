@@ -197,6 +197,9 @@ def test_a_tampered_data_file_is_caught_by_its_checksum(hub, pushed, tmp_path):
     tamper(hub, flip)
     result = Shell(hub, tmp_path / "h")("pull", f"{REPO}@v2", code=3)
     assert "memory.safetensors: checksum mismatch" in result.stderr
+    result = Shell(hub, tmp_path / "h2")("pull", f"{REPO}@v2", "--to", tmp_path / "copy", code=3)
+    assert "checksum mismatch" in result.stderr
+    assert not (tmp_path / "copy").exists() and not list(tmp_path.glob(".copy.pulling-*"))  # nothing half-pulled
 
 
 def test_file_names_that_leave_the_pack_are_refused_before_anything_is_read(hub, pushed, tmp_path):

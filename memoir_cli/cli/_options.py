@@ -15,14 +15,6 @@ from ..config import LayerConfig, RoutingConfig, TopHashConfig, TrainingConfig, 
 from ..refs import local_ref
 
 
-class Device(str, Enum):
-    """Where the model runs (cuda:N is accepted too, see `device_option`)."""
-
-    cpu = "cpu"
-    cuda = "cuda"
-    auto = "auto"
-
-
 class Dtype(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
