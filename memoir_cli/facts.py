@@ -12,14 +12,13 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from .errors import BadInputError
-
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 @dataclass(frozen=True)
@@ -62,25 +61,34 @@ def fact_id(prompt: str, target: str) -> str:
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """A JSON schema shipped in `schemas/`."""
-    return json.loads((SCHEMA_DIR / name).read_text())
+    """A JSON schema shipped in `schemas/` (the package `memoir_cli.schemas`)."""
+    return json.loads(resources.files("memoir_cli.schemas").joinpath(name).read_text(encoding="utf-8"))
+
+
+@cache
+def _fact_validator() -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(load_schema("fact.schema.json"))
 
 
 def _schema_messages(record: Any) -> list[str]:
-    validator = jsonschema.Draft202012Validator(load_schema("fact.schema.json"))
+    """One message per problem, in the words of our format rather than of JSON Schema."""
     messages = []
-    for error in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path)):
+    for error in sorted(_fact_validator().iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path]):
         where = "/".join(str(part) for part in error.absolute_path)
+        prefix = f"{where}/" if where else ""
         if error.validator == "required":
-            missing = error.message.split("'")[1]
-            messages.append(f"'{f'{where}/' if where else ''}{missing}' is required")
+            missing = [name for name in error.validator_value if name not in error.instance]
+            messages.extend(f"'{prefix}{name}' is required" for name in missing)
         elif error.validator == "additionalProperties":
-            messages.append(error.message.replace("Additional properties are not allowed", "unknown field"))
+            known = error.schema.get("properties", {})
+            unknown = [repr(name) for name in error.instance if name not in known]
+            verb = "was" if len(unknown) == 1 else "were"
+            messages.append(f"unknown field ({', '.join(unknown)} {verb} unexpected)")
         elif error.validator == "pattern" and where in ("prompt", "target"):
             messages.append(f"'{where}' must not be blank")
         else:
             messages.append(f"'{where or '(record)'}': {error.message}")
-    return messages
+    return list(dict.fromkeys(messages))  # jsonschema reports each missing name once per `required` list
 
 
 def read_facts_jsonl(

@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .card import model_card
 from .errors import BadInputError, HubError, PackBusyError, PackError
-from .pack import CARD_FILE, MANIFEST, Pack, model_card, write_data_files
+from .pack import CARD_FILE, MANIFEST, Pack, write_data_files
 from .refs import HubRef, PackRef, parse_ref
 from .store import head_version, pack_lock, read_record, write_atomic
 

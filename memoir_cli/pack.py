@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,48 +238,6 @@ def validate_document(document, where: Path, schema: str = "pack.schema.json", w
     if error is not None:
         field = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise PackError(f"{where}: invalid {what} at '{field}': {error.message}")
-
-
-def model_card(pack: Pack, license: str | None = None, scores: dict | None = None) -> str:
-    """A Hub model card: YAML metadata (base_model, library_name, tags, license), then what the pack
-    is, its settings, how to apply it, and its latest `memoir eval` scores when known."""
-    m = pack.manifest
-    base = m.base_model.id
-    version = m.version or 1
-    hub_id = base.split("@")[0]  # the built-in model is "<repo>@<gguf package>:<quant>"
-    yaml = "".join(
-        [
-            f"base_model: {hub_id}\n" if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", hub_id) else "",
-            "library_name: memoir\n",
-            f"license: {license}\n" if license else "",
-            "tags:\n- memoir\n- model-editing\n",
-        ]
-    )
-    n, active = len(pack.memory.bank), int(pack.memory.bank.active.sum())
-    examples = "\n".join(f"- {f.prompt!r} -> {f.target!r}" for f in pack.facts[:5]) or "- (no facts yet)"
-    model_arg = base if "@" not in base else "default"
-    lines = [
-        f"---\n{yaml}---\n",
-        "# memoir edit pack\n",
-        f"A MEMOIR residual memory (lifelong model editing with a sparse, routed memory) for `{base}`, "
-        f"version {version}: {n} edited fact(s), {active} active, at `{m.layer.path}`.\n",
-        f"Settings: k = {m.tophash.k} of {m.layer.d_ff} features, routing threshold = "
-        f"{m.routing.threshold}, seed = {m.tophash.seed}, {m.training.steps} steps at lr "
-        f"{m.training.lr}, rehearsal {m.training.rehearse}.\n",
-        f"Some facts:\n{examples}\n",
-        "Apply it (the base model is downloaded as usual; the pack is checked against it):\n",
-        f'```bash\npip install memoir-cli\nmemoir apply PACK --model {model_arg} --prompt "..."\n```\n',
-        "where PACK is this repo's id (`user/pack`, or `user/pack@v3` for version 3) or a local folder.\n",
-    ]
-    if scores:
-        s = {key: "-" if value is None else f"{value:.3f}" for key, value in scores["scores"].items()}
-        lines.append(
-            f"Latest `memoir eval` of this version ({scores['records']} records"
-            f"{', ' + scores['data'] if scores.get('data') else ''}):\n\n"
-            "| Reliability | Generalisation | Locality | Average |\n|---|---|---|---|\n"
-            f"| {s['rel']} | {s['gen']} | {s['loc']} | {s['avg']} |\n"
-        )
-    return "\n".join(lines)
 
 
 def _load_safetensors(file: Path, with_metadata: bool = False):

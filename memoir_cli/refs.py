@@ -58,12 +58,12 @@ def parse_ref(text: str | Path | PackRef | HubRef) -> PackRef | HubRef:
         return text
     text = str(text)
     repo_id, _, revision = text.partition("@")
-    if Path(text).exists() or Path(repo_id).exists() or not _is_repo_id(repo_id):
+    if Path(text).exists() or Path(repo_id).exists() or not is_repo_id(repo_id):
         return local_ref(text)
     return HubRef(repo_id, f"v{revision}" if revision.isdigit() else (revision or None))
 
 
-def _is_repo_id(text: str) -> bool:
+def is_repo_id(text: str) -> bool:
     """`user/name` as the Hub validates it (one slash: a deeper path is a local folder)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id

