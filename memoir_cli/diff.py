@@ -48,7 +48,9 @@ def diff(
     if not same_base and not force:
         raise PackError(
             f"{a.label} and {b.label} were made for different base models "
-            f"({a.pack.base_model_id!r} and {b.pack.base_model_id!r}); pass --force to compare them anyway"
+            f"({a.pack.base_model_id!r} and {b.pack.base_model_id!r})",
+            option="force",
+            remedy="to compare them anyway",
         )
     a_facts = {fact.prompt: fact for _, fact in a.active()}
     b_facts = {fact.prompt: fact for _, fact in b.active()}
@@ -120,7 +122,9 @@ def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:
         if model_loader is None:
             raise PackError(
                 f"{a.label} and {b.label} hash prompts differently (seed, layer or k); "
-                "finding conflicts across them needs the base model (pass --model)"
+                "finding conflicts across them needs the base model",
+                option="model",
+                remedy="to name it",
             )
         loaded = model_loader(a.pack)
         prompts = [f.prompt for _, f in a.active()]

@@ -1,17 +1,30 @@
-"""Errors the CLI turns into one clear line and a meaningful exit code (never a traceback)."""
+"""Errors the CLI turns into one clear line and a meaningful exit code (never a traceback).
+
+The library speaks in its own terms: an error that a setting can fix names that setting's
+parameter (`option`) and what changing it does (`remedy`). Each front end says it its own way:
+the CLI as the flag that sets that parameter, a Python caller reads the attributes.
+"""
 
 from __future__ import annotations
 
 
 class MemoirError(Exception):
-    """Base class: `message` is shown to the user as is; `exit_code` is what the process returns."""
+    """Base class: `message` is shown to the user as is; `exit_code` is what the process returns.
+
+    `option` is the parameter that would change the outcome (`"force"`, `"layer"`, `"token"`) and
+    `remedy` what setting it does ("to compare them anyway"), when there is one.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, details: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, details: list[str] | None = None, option: str | None = None, remedy: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.option = option
+        self.remedy = remedy
 
 
 class BadInputError(MemoirError):

@@ -229,12 +229,15 @@ def hub_errors(what: str, token: str | None = None) -> Iterator[None]:
         yield
     except GatedRepoError:
         raise HubError(
-            f"{what}: the repository is gated: request access on its Hub page, then use a token "
-            "that has it (HF_TOKEN or --token)"
+            f"{what}: the repository is gated: request access on its Hub page, then use a token that has it",
+            option="token",
+            remedy="(or set HF_TOKEN)",
         ) from None
     except RepositoryNotFoundError:
-        hint = "" if (token or get_token()) else "; if it is private, set HF_TOKEN or pass --token"
-        raise HubError(f"{what}: repository not found on {constants.ENDPOINT}{hint}") from None
+        message = f"{what}: repository not found on {constants.ENDPOINT}"
+        if token or get_token():
+            raise HubError(message) from None
+        raise HubError(message, option="token", remedy="if it is private (or set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise HubError(f"{what}: the repository has no such revision (tags are v1, v2, ...)") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
@@ -251,7 +254,9 @@ def hub_errors(what: str, token: str | None = None) -> Iterator[None]:
         status = error.response.status_code if error.response is not None else None
         if status == 401:
             raise HubError(
-                f"{what}: the Hub refused the request (401): set a valid token with write access (HF_TOKEN or --token)"
+                f"{what}: the Hub refused the request (401): it needs a valid token with write access",
+                option="token",
+                remedy="(or set HF_TOKEN)",
             ) from None
         raise HubError(f"{what}: the Hub answered {status}: {str(error).splitlines()[0]}; retry later") from None
     except OSError as error:

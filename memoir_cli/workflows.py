@@ -107,7 +107,7 @@ def revert_edits(
     again, as a new version. No model is needed: the
     memory's weights do not change."""
     if not edit_ids and not prompts:
-        raise BadInputError("name at least one edit id or --prompt")
+        raise BadInputError("name at least one edit to revert, by id or by prompt")
     with writing(pack_path, wait=wait, on_wait=on_wait):
         pack = load_pack(pack_path)
         bank = pack.memory.bank

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from memoir_cli.cli import app
@@ -209,3 +210,28 @@ def test_eval_refuses_bad_data_and_a_bad_limit(pack_dir, tmp_path):
     result = run("eval", pack_dir, "--data", bad)
     assert result.exit_code == 2 and f"{bad}:1: 'target' is required" in result.stderr
     assert run("eval", pack_dir, "--limit", 0).exit_code == 2
+
+
+def test_a_layer_out_of_range_names_the_flag_that_sets_it(tmp_path, facts_file, model_dir):
+    result = run("edit", facts_file, "--pack", tmp_path / "pack", "--model", model_dir, "--layer", 99)
+    assert result.exit_code == 4
+    assert "layer 99 is out of range: this model has layers 0..2 (--layer)" in result.stderr
+    assert not (tmp_path / "pack").exists()
+
+
+def test_every_option_a_library_error_names_is_a_flag_of_the_cli():
+    """error_line renders option `x_y` as `--x-y`: each must be a parameter whose flag is that."""
+    import re
+    from pathlib import Path
+
+    import memoir_cli
+
+    source = "\n".join(path.read_text() for path in Path(memoir_cli.__file__).parent.glob("*.py"))
+    named = set(re.findall(r'\boption="(\w+)"', source))
+    assert named, "the library names no option at all: the pattern above is stale"
+    flags: dict[str, set[str]] = {}
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            flags.setdefault(param.name, set()).update(param.opts)
+    for option in named:
+        assert "--" + option.replace("_", "-") in flags.get(option, set()), option

@@ -47,7 +47,15 @@ def main_options(
 
 
 def main() -> None:
+    import logging
+
     import transformers
+
+    # memoir's own notices (a one-time GGUF conversion, say) go to stderr, as progress does.
+    notices = logging.StreamHandler()
+    notices.setFormatter(logging.Formatter("memoir: %(message)s"))
+    logging.getLogger("memoir_cli").addHandler(notices)
+    logging.getLogger("memoir_cli").setLevel(logging.INFO)
 
     # Our own progress bars cover long work; transformers' per-load bars and notices are noise here.
     transformers.utils.logging.set_verbosity_error()

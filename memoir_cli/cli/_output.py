@@ -30,7 +30,7 @@ def handles_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MemoirError as error:
-            err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {error_line(error)}", highlight=False, soft_wrap=True)
             for line in error.details:
                 err.print(f"  {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
@@ -41,8 +41,24 @@ def handles_errors(command: Callable) -> Callable:
     return run
 
 
+def error_line(error: MemoirError) -> str:
+    """The error's message, and the flag that changes the outcome (Typer's flag for its parameter)."""
+    if error.option is None:
+        return error.message
+    flag = "--" + error.option.replace("_", "-")
+    return f"{error.message}; pass {flag} {error.remedy}" if error.remedy else f"{error.message} ({flag})"
+
+
 def print_json(document: Any) -> None:
     out.print_json(json.dumps(document))
+
+
+def report(result: Any, as_json: bool, line: str) -> None:
+    """A command's result: its `to_json()` with --json, else one line for a person."""
+    if as_json:
+        print_json(result.to_json())
+    else:
+        say(line)
 
 
 def say(message: str) -> None:

@@ -34,7 +34,7 @@ from ._options import (
     TopKOpt,
     _folder_not_version,
 )
-from ._output import edit_progress, handles_errors, out, print_json, say, say_waiting, warn_skipped
+from ._output import edit_progress, handles_errors, out, print_json, report, say_waiting, warn_skipped
 
 
 @handles_errors
@@ -167,13 +167,12 @@ def revert(
     from ..workflows import revert_edits
 
     result = revert_edits(pack, edit_ids or [], prompt or [], wait=not no_wait, on_wait=say_waiting, message=message)
-    if as_json:
-        print_json(result.to_json())
-    else:
-        say(
-            f"[green]reverted[/] {len(result.reverted)} edit(s) in {pack} (version {result.version}): "
-            f"{', '.join(result.reverted)}"
-        )
+    report(
+        result,
+        as_json,
+        f"[green]reverted[/] {len(result.reverted)} edit(s) in {pack} (version {result.version}): "
+        f"{', '.join(result.reverted)}",
+    )
 
 
 COMMANDS = {"validate": validate, "edit": edit, "revert": revert}

@@ -8,7 +8,7 @@ import typer
 
 from ..store import DEFAULT_GRACE_SECONDS
 from ._options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, MessageOpt, ModelOpt, NoWaitOpt, PackFolderArg
-from ._output import edit_progress, handles_errors, model_loader, print_json, say, say_waiting
+from ._output import edit_progress, handles_errors, model_loader, report, say_waiting
 
 
 @handles_errors
@@ -33,10 +33,7 @@ def rollback(
     result = roll_back(
         pack, to, model_loader(model, device, dtype.value), message, wait=not no_wait, on_wait=say_waiting
     )
-    if as_json:
-        print_json(result.to_json())
-    else:
-        say(f"[green]rolled back[/] {pack} to version {to}'s state, as version {result.version}")
+    report(result, as_json, f"[green]rolled back[/] {pack} to version {to}'s state, as version {result.version}")
 
 
 @handles_errors
@@ -69,10 +66,7 @@ def rebuild(
             on_start=hooks["on_start"],
             on_fact=hooks["on_fact"],
         )
-    if as_json:
-        print_json(result.to_json())
-    else:
-        say(f"[green]rebuilt[/] {pack} as version {result.version}")
+    report(result, as_json, f"[green]rebuilt[/] {pack} as version {result.version}")
 
 
 @handles_errors
@@ -106,14 +100,13 @@ def gc(
 
     with writing(pack, wait=not no_wait, on_wait=say_waiting) as path:
         result = collect_garbage(path, grace, keep or [])
-    if as_json:
-        print_json(result.to_json())
-    else:
-        say(
-            f"[green]gc[/] {pack}: removed {result.removed_objects} object(s) ({result.removed_bytes:,} bytes) and "
-            f"{result.removed_records} stray record(s); versions kept in full: "
-            f"{', '.join(map(str, result.kept_versions))}"
-        )
+    report(
+        result,
+        as_json,
+        f"[green]gc[/] {pack}: removed {result.removed_objects} object(s) ({result.removed_bytes:,} bytes) and "
+        f"{result.removed_records} stray record(s); versions kept in full: "
+        f"{', '.join(map(str, result.kept_versions))}",
+    )
 
 
 COMMANDS = {"rollback": rollback, "rebuild": rebuild, "gc": gc}
