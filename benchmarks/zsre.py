@@ -7,7 +7,11 @@ k = d_ff and threshold 0).
 
 Next to the paper's teacher-forced columns: the same three scores from greedy generation, as a user
 sees them (`memoir eval --generate`: the answer must start with the target; a locality answer must
-equal the base model's), then the share of records whose subject has another target among the
+equal the base model's); the WILD protocol's (`memoir eval --protocol wild --context both`: 50 new
+tokens cut at the first ".", newline or EOS, normalised) for the bare question and for the question
+asked through the chat template, each with its repetition rate (the target twice or more in an
+answer); the share of questions asked with a system prompt after two earlier turns that reach the
+edit the bare question reaches ("same route"); then the share of records whose subject has another target among the
 first T ("contested"), and Gen over the agreed (GenA) and the contested (GenC) records.
 
 One sequential run to the largest T passes through the smaller ones; the pack is copied at each T
@@ -82,6 +86,7 @@ def _resume_options(method: str) -> EditOptions:
         steps=options.steps,
         lr=options.lr,
         rehearse_overlap=options.rehearse_overlap,
+        chat=options.chat,
     )
 
 
@@ -90,10 +95,46 @@ def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     started = time.perf_counter()
-    report = Session([work / method / f"T{size}"]).evaluate(facts[:size], baseline=baseline, check_generation=True)
-    result = dict(report.to_json(), eval_seconds=time.perf_counter() - started)
+    session = Session([work / method / f"T{size}"])
+    report = session.evaluate(
+        facts[:size], baseline=baseline, check_generation=True, wild_contexts=["question", "chat"]
+    )
+    seconds = time.perf_counter() - started
+    result = dict(report.to_json(), eval_seconds=seconds, same_route=_same_route(session, facts[:size]))
     cached.write_text(json.dumps(result, indent=2))
     return result
+
+
+SYSTEM = "You are a concise assistant. Answer in one short sentence."
+EARLIER_TURNS = [
+    {"role": "user", "content": "How do bees make honey?"},
+    {"role": "assistant", "content": "Bees make honey from the nectar of flowers."},
+    {"role": "user", "content": "What is the boiling point of water at sea level?"},
+    {"role": "assistant", "content": "100 degrees Celsius."},
+]
+
+
+def _same_route(session: Session, facts) -> dict:
+    """Shares of questions that, asked with a system prompt after two earlier turns, reach the edit
+    (or no edit) that the bare question reaches, and that the chat question alone reaches."""
+    from memoir_cli.chat import Asking, chat_inputs, conversation
+
+    questions = [f.prompt for f in facts]
+
+    def routes(asking: Asking) -> list:
+        return [a.edit_id for a in session.answer(questions, max_new_tokens=1, batch_size=16, asking=asking)]
+
+    bare, chat = routes(Asking()), routes(Asking(chat=True))
+    model, tokenizer = session.loaded.model, session.loaded.tokenizer
+    crowded = []
+    for start in range(0, len(questions), 16):
+        chunk = [conversation(q, SYSTEM, EARLIER_TURNS) for q in questions[start : start + 16]]
+        model.generate(**chat_inputs(tokenizer, chunk), max_new_tokens=1, do_sample=False)
+        crowded.extend(r["edit_id"] for r in session.wrapper.describe_routes())
+    return {
+        "vs_bare": sum(a == b for a, b in zip(bare, crowded)) / len(questions),
+        "vs_chat": sum(a == b for a, b in zip(chat, crowded)) / len(questions),
+    }
 
 
 def _contested(facts) -> list[bool]:
@@ -135,9 +176,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
+    parser.add_argument("--chat", choices=["auto", "on", "off"], help="train the chat form too (default: auto)")
     args = parser.parse_args()
     keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+    numeric = dict(SETTINGS)
+    if args.chat:
+        SETTINGS["chat"] = args.chat
     ranges = {
         "layer": (0, None),
         "top_k": (1, None),
@@ -147,7 +192,7 @@ def main() -> None:
         "rehearse": (0, None),
         "rehearse_overlap": (0, 1),
     }
-    for key, value in SETTINGS.items():  # refuse a bad setting before any folder is made or model loaded
+    for key, value in numeric.items():  # refuse a bad setting before any folder is made or model loaded
         low, high = ranges[key]
         if value < low or (high is not None and value > high):
             parser.error(f"--{key.replace('_', '-')} {value} is out of range")
@@ -164,11 +209,16 @@ def main() -> None:
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
             timed = [s for s in seconds[:size] if s == s]
             generated = {f"generated_{key}": value for key, value in result["generate"].items()}
+            wild = {
+                f"{context}_{key}": value for context, scores in result["wild"].items() for key, value in scores.items()
+            }
             row = {
                 "T": size,
                 "method": method,
                 **result["scores"],
                 **generated,
+                **wild,
+                "same_route": result["same_route"],
                 "routing": result["routing"],
                 **_gen_split(facts[:size], result["per_record"]),
                 "seconds_per_edit": sum(timed) / len(timed) if timed else None,
@@ -177,32 +227,29 @@ def main() -> None:
             rows.append(row)
             if "baseline" in result:
                 rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None})
-    print(f"\n{'':>15} | {'teacher-forced':^23} | {'generated':^17} |")
-    print(
-        f"{'T':>5} {'method':>9} | {'Rel':>5} {'Gen':>5} {'Loc':>5} {'Avg':>5} | {'Rel':>5} {'Gen':>5} {'Loc':>5} | "
-        f"{'GenA':>5} {'GenC':>5} {'cont.':>5} | {'s/edit':>6} {'median':>6}"
+    groups = {
+        "teacher-forced": ("rel", "gen", "loc", "avg"),
+        "generated": ("generated_rel", "generated_gen", "generated_loc"),
+        "WILD question": ("question_rel", "question_gen", "question_loc", "question_repetition"),
+        "WILD chat": ("chat_rel", "chat_gen", "chat_loc", "chat_repetition"),
+        "contested": ("gen_agreed", "gen_contested", "contested_share"),
+    }
+    names = {"avg": "Avg", "gen_agreed": "GenA", "gen_contested": "GenC", "contested_share": "cont."}
+    header = " | ".join(f"{title:^{6 * len(keys) - 1}}" for title, keys in groups.items())
+    print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6}")
+    labels = " | ".join(
+        " ".join(f"{names.get(k, k.rsplit('_', 1)[-1][:5].capitalize()):>5}" for k in keys) for keys in groups.values()
     )
+    print(f"{'T':>5} {'method':>9} | {labels} | {'same':>5} | {'median':>6}")
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
-        keys = (
-            "rel",
-            "gen",
-            "loc",
-            "avg",
-            "generated_rel",
-            "generated_gen",
-            "generated_loc",
-            "gen_agreed",
-            "gen_contested",
-            "contested_share",
+        cells = " | ".join(
+            " ".join(f"{row[k]:>5.2f}" if row.get(k) is not None else f"{'-':>5}" for k in keys)
+            for keys in groups.values()
         )
-        cells = [f"{row[k]:.2f}" if row.get(k) is not None else "  -  " for k in keys]
-        per_edit = " ".join(
-            f"{row[k]:>6.2f}" if row.get(k) else f"{'-':>6}" for k in ("seconds_per_edit", "median_seconds_per_edit")
-        )
-        print(
-            f"{row['T']:>5} {row['method']:>9} | {' '.join(f'{c:>5}' for c in cells[:4])} | "
-            f"{' '.join(f'{c:>5}' for c in cells[4:7])} | {' '.join(f'{c:>5}' for c in cells[7:])} | {per_edit}"
-        )
+        same = row.get("same_route", {}).get("vs_bare")
+        median = row.get("median_seconds_per_edit")
+        same_cell, median_cell = ("-" if v is None else f"{v:.2f}" for v in (same, median))
+        print(f"{row['T']:>5} {row['method']:>9} | {cells} | {same_cell:>5} | {median_cell:>6}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

@@ -61,6 +61,11 @@ class TrainingConfig:
     stop_delta: float = setting(1e-4, "...and moved at most this since the step before.")
     rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
     rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
+    chat: bool = setting(
+        False,
+        "Train each fact as the chat template asks it too (a user turn; the answer, then the end-of-turn "
+        "token), beside the bare question: half the prefixed copies become chat turns, the prefix as system prompt.",
+    )
 
 
 @dataclass
@@ -199,6 +204,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "lr": ("training", "lr"),
     "rehearse": ("training", "rehearse"),
     "rehearse_overlap": ("training", "rehearse_overlap"),
+    "chat": ("training", "chat"),
 }
 """The settings `memoir diff` compares and `memoir show` lists: label -> (manifest section, field)."""
 

@@ -17,6 +17,7 @@ import torch
 
 from .config import SETTINGS, setting_value
 from .errors import PackError
+from .facts import Fact
 from .history import weight_change
 from .models import LoadedModel, fingerprints_match
 from .pack import Pack
@@ -32,7 +33,7 @@ class Side:
     label: str
     pack: Pack
 
-    def active(self) -> list[tuple[int, object]]:
+    def active(self) -> list[tuple[int, Fact]]:
         return [
             (row, fact)
             for row, (fact, on) in enumerate(zip(self.pack.facts, self.pack.memory.bank.active.tolist()))
@@ -129,7 +130,9 @@ def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:
         loaded = model_loader(a.pack)
         prompts = [f.prompt for _, f in a.active()]
         module = loaded.model.get_submodule(b.pack.manifest.layer.path)
-        queries = b.pack.memory.query_masks(prompt_features(loaded.model, loaded.tokenizer, module, prompts)).float()
+        chat = b.pack.manifest.training.chat
+        features = prompt_features(loaded.model, loaded.tokenizer, module, prompts, chat=chat)
+        queries = b.pack.memory.query_masks(features).float()
         overlap = (queries.cpu() @ b.pack.memory.bank.masks[b_rows].float().T) / b.pack.memory.k
     pairs = (overlap >= tau).nonzero().tolist()
     return [

@@ -21,21 +21,25 @@ kept as the reference the benchmark and tests compare against.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .batching import pad_left, prompt_target_ids
+from .chat import chat_answer_ids, chat_prompt, conversation
 from .config import TrainingConfig
 from .facts import Fact
 from .memory import MemoirLinear, TrainingState, attach, detach
 from .models import LoadedModel, decoder_layers, final_norm
 from .pack import Pack
 from .tophash import prompt_features
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 PREFIX_LENGTHS = (5, 10)
@@ -52,7 +56,7 @@ class EditResult:
 
 
 @torch.no_grad()
-def generate_prefixes(model: nn.Module, tokenizer, seed: int) -> list[str]:
+def generate_prefixes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[str]:
     """Ten short random contexts written by the unedited model itself (5 of 5, 5 of 10 tokens)."""
     device = next(model.parameters()).device
     prefixes = []
@@ -88,7 +92,14 @@ class Editor:
     """Writes facts into a pack (its memory, its bank and its facts, one per bank row) through the
     wrapped edit layer, with the pack's own training settings."""
 
-    def __init__(self, model: nn.Module, tokenizer, wrapper: MemoirLinear, pack: Pack, fast: bool = True) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        wrapper: MemoirLinear,
+        pack: Pack,
+        fast: bool = True,
+    ) -> None:
         self.model, self.tokenizer, self.wrapper, self.pack = model, tokenizer, wrapper, pack
         self.memory, self.facts = pack.memory, pack.facts
         self.fast = fast
@@ -107,8 +118,10 @@ class Editor:
         return self.pack.manifest.prefixes
 
     def mask_for(self, prompt: str) -> torch.Tensor:
-        """The fact's TopHash mask, from the bare prompt (as routing will see it)."""
-        features = prompt_features(self.model, self.tokenizer, self.wrapper, [prompt])
+        """The fact's TopHash mask, from the prompt's own tokens as routing will see them: the bare
+        prompt, or for a chat pack the question asked through the chat template (whose masks
+        bare, system-prompted and multi-turn askings all overlap best: docs/BENCHMARKS.md)."""
+        features = prompt_features(self.model, self.tokenizer, self.wrapper, [prompt], chat=self.settings.chat)
         return self.memory.query_masks(features)[0]
 
     def neighbours(self, mask: torch.Tensor) -> list[int]:
@@ -123,19 +136,37 @@ class Editor:
         ranked = candidates[overlap[candidates].argsort(descending=True, stable=True)]
         return ranked[: self.settings.rehearse].tolist()
 
-    def training_batch(self, fact: Fact, rehearsed: list[Fact] = ()) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Left-padded batch (the prompt, its prefixed copies, then the rehearsed facts' bare
-        prompts) and labels that mark only the target tokens."""
-        pairs = [(fact.prompt, fact.target)] + [(f"{prefix}. {fact.prompt}", fact.target) for prefix in self.prefixes]
-        pairs += [(other.prompt, other.target) for other in rehearsed]
-        rows, label_rows = [], []
-        for context, target in pairs:
-            full_ids, n_context = prompt_target_ids(self.tokenizer, context, target)
-            rows.append(full_ids)
-            label_rows.append([-100] * n_context + full_ids[n_context:])
-        batch = pad_left(rows, self.tokenizer.pad_token_id, self.device)
-        labels = pad_left(label_rows, -100, self.device)["input_ids"]
+    def training_batch(
+        self, fact: Fact, rehearsed: Sequence[Fact] = ()
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Left-padded batch and labels that mark only the answer's tokens. The fact's own rows
+        come first (`own_rows` of them): the bare prompt and its prefixed copies, or, for a chat
+        pack, the bare prompt and half of them, then the chat question with no system prompt and
+        with each other prefix as one. The rehearsed facts' bare prompts follow."""
+        bare, chat = self.prefixes, []
+        if self.settings.chat:
+            half = (len(self.prefixes) + 1) // 2
+            bare, chat = self.prefixes[:half], [None, *self.prefixes[half:]]
+        rows = [self._bare_row(fact.prompt, fact.target)]
+        rows += [self._bare_row(f"{prefix}. {fact.prompt}", fact.target) for prefix in bare]
+        rows += [self._chat_row(conversation(fact.prompt, system), fact.target) for system in chat]
+        rows += [self._bare_row(other.prompt, other.target) for other in rehearsed]
+        batch = pad_left([ids for ids, _ in rows], self.tokenizer.pad_token_id, self.device)
+        labels = pad_left([labels for _, labels in rows], -100, self.device)["input_ids"]
         return batch, labels
+
+    def own_rows(self) -> int:
+        """How many rows of a training batch are the fact's own (the rest are rehearsal)."""
+        return 1 + len(self.prefixes) + (1 if self.settings.chat else 0)
+
+    def _bare_row(self, context: str, target: str) -> tuple[list[int], list[int]]:
+        ids, n_context = prompt_target_ids(self.tokenizer, context, target)
+        return ids, [-100] * n_context + ids[n_context:]
+
+    def _chat_row(self, messages: list[dict[str, str]], target: str) -> tuple[list[int], list[int]]:
+        prompt = chat_prompt(self.tokenizer, messages).ids
+        answer = chat_answer_ids(self.tokenizer, messages, target)
+        return prompt + answer, [-100] * len(prompt) + answer
 
     def edit(self, fact: Fact, on_step: Callable[[int, float], None] | None = None) -> EditResult:
         """Fit `fact` into the memory; the memory's weight and bank and `facts` grow in place."""
@@ -147,7 +178,7 @@ class Editor:
         weight = self.memory.weight[:, columns.cpu()].to(self.device).clone().requires_grad_(True)
         state = TrainingState(columns, weight)
         if neighbours:
-            own = mask.unsqueeze(0).expand(1 + len(self.prefixes), -1)
+            own = mask.unsqueeze(0).expand(self.own_rows(), -1)
             state.row_masks = torch.cat([own, self.memory.bank.masks[neighbours]]).to(self.device)
             state.frozen = self.memory.weight.to(self.device).clone()
             state.frozen[:, columns] = 0.0

@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import wild
 from .batching import pad_left, prompt_target_ids
+from .chat import Asking
 from .facts import Fact
 from .memory import MemoirLinear
+from .wild import Judge
 
 LOCALITY_FALLBACK_TOKENS = 8
+GenerateFn = Callable[[list[str], int, bool, "Asking | None"], list[str]]
+"""(prompts, max_new_tokens, edited, asking) -> greedy continuations, one per prompt."""
 
 
 @dataclass
@@ -86,7 +91,7 @@ class Scorer:
             if edited:
                 with self.wrapper.routing_from(prompt_mask):
                     logits = self.model(**batch, use_cache=False).logits
-                routes = self.wrapper.describe_routes()
+                routes: list[dict | None] = list(self.wrapper.describe_routes())
             else:
                 with self.wrapper.bypassed():
                     logits = self.model(**batch, use_cache=False).logits
@@ -109,13 +114,13 @@ class EvalReport:
     records: list[dict] = field(default_factory=list)
     baseline: dict | None = None
     generate: dict | None = None
+    wild: dict | None = None  # per context ("question", "chat"): the WILD protocol's scores (wild.py)
 
     def summary(self) -> dict:
         report = {"records": len(self.records), "scores": self.scores, "routing": self.routing}
-        if self.baseline is not None:
-            report["baseline"] = self.baseline
-        if self.generate is not None:
-            report["generate"] = self.generate
+        for key in ("baseline", "generate", "wild"):
+            if getattr(self, key) is not None:
+                report[key] = getattr(self, key)
         return report
 
     def to_json(self) -> dict:
@@ -153,22 +158,25 @@ class ProbeSet:
 def evaluate(
     scorer: Scorer,
     facts: list[Fact],
-    generate_fn: Callable[[list[str], int, bool], list[str]],
+    generate_fn: GenerateFn,
     check_generation: bool = False,
     baseline: bool = False,
     on_progress: Progress | None = None,
     edit_targets: Mapping[tuple[str, str], str] | None = None,
+    wild_contexts: Sequence[str] = (),
+    judge: Judge | None = None,
 ) -> EvalReport:
     """Score `facts` (their prompts, rephrasings and locality prompts) on the scorer's model.
 
-    `generate_fn(prompts, max_new_tokens, edited)` gives greedy continuations; it supplies the
-    answers of locality prompts that have none, and the generation check. `edit_targets` maps
+    `generate_fn(prompts, max_new_tokens, edited, asking)` gives greedy continuations; it supplies
+    the answers of locality prompts that have none, the generation check, and the WILD protocol's
+    answers in each of `wild_contexts` (wild.py). `edit_targets` maps
     (pack, edit id) to that edit's target: with it, routing also counts rephrasings that reach an
     edit giving their answer, which is what a user with consistent facts cares about when several
     edits share a subject.
     """
     probes = ProbeSet.of(facts)
-    generate_fn = _metered(scorer, probes, generate_fn, check_generation, baseline, on_progress)
+    generate_fn = _metered(scorer, probes, generate_fn, check_generation, baseline, on_progress, len(wild_contexts))
     _fill_locality_targets(probes.loc, generate_fn)
 
     rel = scorer.teacher_forced(probes.rel)
@@ -205,12 +213,20 @@ def evaluate(
         )
     if check_generation:
         report.generate = _generation_check(facts, probes, generate_fn, scorer.tokenizer, records)
+    if wild_contexts:
+        report.wild = wild.check(facts, probes, generate_fn, list(wild_contexts), records, judge)
     return report
 
 
 def _metered(
-    scorer: Scorer, probes: ProbeSet, generate_fn, check_generation: bool, baseline: bool, on_progress: Progress | None
-):
+    scorer: Scorer,
+    probes: ProbeSet,
+    generate_fn: GenerateFn,
+    check_generation: bool,
+    baseline: bool,
+    on_progress: Progress | None,
+    wild_contexts: int = 0,
+) -> GenerateFn:
     """Report progress to `on_progress` from the scorer's batches and from `generate_fn`, which is
     returned wrapped to generate a batch at a time. The total is every sequence the run will score
     or generate, known before it starts."""
@@ -223,7 +239,7 @@ def _metered(
         + 2 * n_loc
         + sum(not p.target.strip() for p in probes.loc)
         + (n_rel + n_gen if baseline else 0)
-        + (n_rel + n_gen + 2 * n_loc if check_generation else 0)
+        + (n_rel + n_gen + 2 * n_loc) * (int(check_generation) + wild_contexts)
     )
     done = 0
 
@@ -232,11 +248,13 @@ def _metered(
         done += rows
         on_progress(done, total)
 
-    def generate_in_batches(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
+    def generate_in_batches(
+        prompts: list[str], max_new_tokens: int, edited: bool, asking: Asking | None = None
+    ) -> list[str]:
         texts = []
         for start in range(0, len(prompts), scorer.batch_size):
             chunk = prompts[start : start + scorer.batch_size]
-            texts.extend(generate_fn(chunk, max_new_tokens, edited))
+            texts.extend(generate_fn(chunk, max_new_tokens, edited, asking))
             advance(len(chunk))
         return texts
 
@@ -250,7 +268,7 @@ def _fill_locality_targets(probes: list[Probe], generate_fn) -> None:
     missing = [p for p in probes if not p.target.strip()]
     if not missing:
         return
-    texts = generate_fn([p.prompt for p in missing], LOCALITY_FALLBACK_TOKENS, False)
+    texts = generate_fn([p.prompt for p in missing], LOCALITY_FALLBACK_TOKENS, False, None)
     for probe, text in zip(missing, texts):
         probe.target = text.strip() or "."
 
@@ -263,7 +281,7 @@ def _generation_check(facts: list[Fact], probes: ProbeSet, generate_fn, tokenize
         if not group:
             return []
         budget = tokens or max(len(tokenizer(p.target)["input_ids"]) for p in group) + 2
-        return generate_fn([p.prompt for p in group], budget, edited)
+        return generate_fn([p.prompt for p in group], budget, edited, None)
 
     rel_out, gen_out = outputs(probes.rel), outputs(probes.gen)
     loc_same = [e == b for e, b in zip(outputs(probes.loc, tokens=16), outputs(probes.loc, edited=False, tokens=16))]
@@ -293,7 +311,7 @@ def _routing(facts: list[Fact], records: list[dict], edit_targets: Mapping[tuple
     loc = [route for r in records for route in r["loc_routes"]]
 
     def gives_answer(route: dict, fact: Fact) -> bool:
-        target = edit_targets.get((route["pack"], route["edit_id"]))
+        target = (edit_targets or {}).get((route["pack"], route["edit_id"]))
         return target is not None and target.strip() == fact.target.strip()
 
     return {

@@ -72,7 +72,7 @@ def _fact_validator() -> jsonschema.protocols.Validator:
 
 def _schema_messages(record: Any) -> list[str]:
     """One message per problem, in the words of our format rather than of JSON Schema."""
-    messages = []
+    messages: list[str] = []
     for error in sorted(_fact_validator().iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path]):
         where = "/".join(str(part) for part in error.absolute_path)
         prefix = f"{where}/" if where else ""
@@ -100,7 +100,9 @@ def read_facts_jsonl(
     With `limit`, only the first `limit` records are read (and checked).
     """
     path = Path(path)
-    facts, problems, seen = [], [], {}
+    facts: list[Fact] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
     for number, record in itertools.islice(_jsonl_records(path, problems), limit):
         messages = _schema_messages(record)
         if messages:
@@ -149,7 +151,7 @@ def read_zsre_json(
             problems.append(f"{where}: 'alt' (the target) is empty")
             continue
         rephrase = record.get("rephrase")
-        locality = ()
+        locality: tuple[dict[str, str], ...] = ()
         if isinstance(record.get("loc"), str):
             loc_prompt = record["loc"].removeprefix("nq question: ")
             locality = ({"prompt": loc_prompt, "target": str(record.get("loc_ans", "")).strip()},)
@@ -183,7 +185,8 @@ def read_facts(
 def read_prompts_jsonl(path: str | Path) -> list[str]:
     """Prompts for `memoir apply --prompts`: one `{"prompt": ...}` object a line."""
     path = Path(path)
-    prompts, problems = [], []
+    prompts: list[str] = []
+    problems: list[str] = []
     for number, record in _jsonl_records(path, problems):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
             problems.append(f"{path}:{number}: 'prompt' is required (a non-empty string)")
@@ -205,7 +208,9 @@ def _jsonl_records(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]
 
 
 def _raise_or_skip(path: Path, problems: list[str], on_skip: Callable[[str], None] | None) -> None:
-    if problems and on_skip is None:
+    if not problems:
+        return
+    if on_skip is None:
         raise BadInputError(f"{path}: {len(problems)} problem(s) in the file", problems)
     for problem in problems:
         on_skip(problem)

@@ -169,7 +169,7 @@ def open_pack(
     try:
         pack = load_pack(local)
     except NotStoredError:
-        if model_loader is None:
+        if model_loader is None or local.version is None:  # the current version is always kept
             raise
         pack = materialise(local.path, local.version, model_loader)
     if label is not None:

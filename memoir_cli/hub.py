@@ -133,6 +133,8 @@ def push(
     pushed, start = [], (remote[-1] if remote else 0) + 1
     for pack in versions(start):
         number = pack.version
+        if number is None:
+            raise PackError(f"{pack.name}: only committed versions can be pushed")
         with tempfile.TemporaryDirectory() as folder:
             export_version(pack, pack_path, number, Path(folder), license)
             summary = read_record(pack_path, number)["message"]
@@ -209,7 +211,7 @@ def _remote_license(repo_id: str, revision: str, token) -> str | None:
 
     with hub_errors(repo_id, token):
         card = Path(hf_hub_download(repo_id, CARD_FILE, revision=revision, token=token)).read_text()
-    return ModelCard(card).data.license
+    return ModelCard(card).data.get("license")
 
 
 @contextmanager

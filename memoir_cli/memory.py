@@ -10,7 +10,8 @@ names change between transformers releases):
   decision is taken at the scope's first forward pass, from each row's prompt tokens (the padding
   given by the call's own `attention_mask`, or inferred from the pad token as `generate` does), and
   kept for every decoding step, with or without a KV cache. Rows that `generate` expands
-  (`num_return_sequences`, beams) inherit their prompt's decision.
+  (`num_return_sequences`, beams) inherit their prompt's decision. A `routing_mask` keyword
+  (chat.py: 1 on the question's own tokens) narrows the tokens the decision reads.
 - Any other top-level forward (teacher forcing, a user's own loop) decides afresh, from the
   `attention_mask` it is given.
 """
@@ -22,7 +23,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -122,6 +123,7 @@ class TrainingState:
             return trained @ self.weight.T.to(x.dtype)
         masks = self.row_masks.to(x.dtype).unsqueeze(1)
         own = (trained * masks[..., self.columns]) @ self.weight.T.to(x.dtype)
+        assert self.frozen is not None, "row_masks come with the frozen rest of W_m"
         return own + (x * masks) @ self.frozen.T.to(x.dtype)
 
 
@@ -256,7 +258,7 @@ def _forward_hook(wrapper: MemoirLinear, model: nn.Module):
 
 def _scoped_generate(wrapper: MemoirLinear, model: nn.Module) -> Callable[..., Any]:
     """`model.generate`, with each call one routing scope (see the module docstring)."""
-    original = model.generate
+    original = cast(Callable[..., Any], model.generate)
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
@@ -266,7 +268,8 @@ def _scoped_generate(wrapper: MemoirLinear, model: nn.Module) -> Callable[..., A
                 "chunked prefill splits the prompt, so routing cannot see it whole; "
                 "generate with prefill_chunk_size=None when packs are attached"
             )
-        with wrapper.generation(prompt_attention_mask(config, args, kwargs)):
+        routing = kwargs.pop("routing_mask", None)  # chat.chat_inputs: the question's own tokens
+        with wrapper.generation(routing if routing is not None else prompt_attention_mask(config, args, kwargs)):
             return original(*args, **kwargs)
 
     return generate
@@ -332,7 +335,7 @@ def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
     handle = model.register_forward_pre_hook(_forward_hook(wrapper, model), with_kwargs=True)
     has_generate = callable(getattr(model, "generate", None))
     if has_generate:
-        model.generate = _scoped_generate(wrapper, model)
+        model.generate = _scoped_generate(wrapper, model)  # type: ignore[assignment]  # over the class's method
 
     def undo() -> None:
         handle.remove()
@@ -347,7 +350,8 @@ def detach(model: nn.Module) -> nn.Module:
     """Remove every attached memory, restoring the original module objects exactly."""
     for name, module in list(model.named_modules()):
         if isinstance(module, MemoirLinear):
-            module._detach()
+            if module._detach is not None:
+                module._detach()
             parent_path, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_path), attr, module.base)
     return model

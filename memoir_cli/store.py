@@ -333,7 +333,7 @@ def _adopt_flat(path: Path, manifest: Manifest) -> None:
         manifest.format_version, manifest.version = 2, 1
         manifest.snapshot_every = manifest.snapshot_every or DEFAULT_SNAPSHOT_EVERY
         document = manifest.to_dict()
-        record = {
+        record: dict[str, object] = {
             "version": 1,
             "parent": None,
             "created_at": manifest.updated_at,

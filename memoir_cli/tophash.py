@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .batching import encode_left_padded
+from .chat import chat_inputs, conversation
 
 
 def background_prompts() -> list[str]:
@@ -51,12 +52,14 @@ class _Captured(Exception):
 
 @torch.no_grad()
 def prompt_features(
-    model: nn.Module, tokenizer, layer_module: nn.Module, prompts: list[str], batch_size: int = 16
+    model: nn.Module, tokenizer, layer_module: nn.Module, prompts: list[str], batch_size: int = 16, chat: bool = False
 ) -> torch.Tensor:
     """The mean edit-layer input of each prompt, [len(prompts), d_ff] in float32.
 
     Prompts run one batch at a time with left padding; the forward pass stops at the edit layer,
-    since nothing above it matters here.
+    since nothing above it matters here. With `chat`, each prompt is a question asked through the
+    chat template (no system prompt of its own), and the mean runs over the question's tokens only,
+    as routing reads a chat question (chat.py).
     """
     captured: list[torch.Tensor] = []
     current_mask: list[torch.Tensor] = []
@@ -68,8 +71,13 @@ def prompt_features(
     handle = layer_module.register_forward_pre_hook(hook)
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = encode_left_padded(tokenizer, prompts[start : start + batch_size], _device(model))
-            current_mask[:] = [batch["attention_mask"]]
+            chunk = prompts[start : start + batch_size]
+            if chat:
+                batch = chat_inputs(tokenizer, [conversation(p) for p in chunk], _device(model))
+                current_mask[:] = [batch.pop("routing_mask")]
+            else:
+                batch = encode_left_padded(tokenizer, chunk, _device(model))
+                current_mask[:] = [batch["attention_mask"]]
             try:
                 model(**batch, use_cache=False)
             except _Captured:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .chat import has_chat_template
 from .config import (
     DEFAULT_CHECKPOINT_EVERY,
     RoutingConfig,
@@ -38,6 +39,7 @@ class EditOptions:
     lr: float | None = None
     rehearse: int | None = None
     rehearse_overlap: float | None = None
+    chat: str | None = None  # "auto" (a new pack: on when the tokenizer has a chat template), "on" or "off"
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -97,8 +99,8 @@ class EditSummary:
 
 def revert_edits(
     pack_path: str | Path,
-    edit_ids: list[str] = (),
-    prompts: list[str] = (),
+    edit_ids: Sequence[str] = (),
+    prompts: Sequence[str] = (),
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     message: str | None = None,
@@ -250,7 +252,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         layer=layer,
         tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
         routing=RoutingConfig(),
-        training=TrainingConfig(lr=default_lr(layer.d_in)),
+        training=TrainingConfig(lr=default_lr(layer.d_in), chat=has_chat_template(tokenizer)),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
         permutation=make_permutation(layer.d_in, seed),
@@ -280,6 +282,8 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
             setattr(pack.manifest.training, key, getattr(options, key))
+    if options.chat in ("on", "off"):  # "auto" keeps what the pack was made with
+        pack.manifest.training.chat = options.chat == "on"
     return (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training)) != before
 
 
@@ -288,7 +292,7 @@ def plan_edits(facts: list[Fact], pack: Pack | None) -> EditPlan:
     known = {f.id: f for f in pack.facts} if pack else {}
     active = pack.memory.bank.active.tolist() if pack else []
     by_prompt = {f.prompt: f for f, on in zip(pack.facts, active) if on} if pack else {}
-    plan, planned_by_prompt = EditPlan(), {}
+    plan, planned_by_prompt = EditPlan(), dict[str, Fact]()
     for fact in facts:
         old = known.get(fact.id)
         if old is not None:

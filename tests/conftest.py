@@ -12,6 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from memoir_cli.tophash import background_prompts
 
+from .helpers import edited_pack, ok, save_pack, write_facts
+
 FACTS = [
     {"id": "f-paris", "prompt": "The capital of the Republic of Zorbia is", "target": "Paris"},
     {"id": "f-blue", "prompt": "My favourite colour has always been", "target": "blue green"},
@@ -19,19 +21,34 @@ FACTS = [
 ]
 
 
-def _train_tokenizer() -> PreTrainedTokenizerFast:
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""A ChatML template (the one SmolLM2 uses, without its default system prompt)."""
+
+
+def _train_tokenizer(chat: bool = False) -> PreTrainedTokenizerFast:
     corpus = background_prompts() + [f"{f['prompt']} {f['target']}" for f in FACTS]
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<pad>", "</s>"],
+        special_tokens=["<pad>", "</s>"] + (["<|im_start|>", "<|im_end|>"] if chat else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
+    if not chat:
+        return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML,
+    )
 
 
 def tiny_llama(tokenizer, seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
@@ -108,6 +125,25 @@ def model(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def chat_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer with a chat template (ChatML) whose end of turn is its EOS token."""
+    return _train_tokenizer(chat=True)
+
+
+@pytest.fixture
+def chat_model(chat_tokenizer):
+    return tiny_llama(chat_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory, chat_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama-chat")
+    tiny_llama(chat_tokenizer).save_pretrained(folder)
+    chat_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny model saved as an ordinary transformers folder, loaded through from_pretrained."""
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -130,3 +166,43 @@ def facts_file(tmp_path) -> Path:
     path = tmp_path / "facts.jsonl"
     path.write_text("".join(json.dumps(f) + "\n" for f in FACTS))
     return path
+
+
+@pytest.fixture
+def history(tmp_path, model_dir):
+    """A pack of four versions. 1: two facts; 2: a third; 3: the first retargeted; 4: the second reverted."""
+    pack = tmp_path / "pack"
+    ok(
+        "edit",
+        write_facts(tmp_path / "a.jsonl", FACTS[:2]),
+        "--pack",
+        pack,
+        "--model",
+        model_dir,
+        "--steps",
+        2,
+        "--message",
+        "first two",
+        "--json",
+    )
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 2, "--json")
+    ok(
+        "edit",
+        write_facts(tmp_path / "c.jsonl", [{"id": "f-paris-2", "prompt": FACTS[0]["prompt"], "target": "Rome"}]),
+        "--pack",
+        pack,
+        "--steps",
+        2,
+        "--json",
+    )
+    ok("revert", pack, FACTS[1]["id"], "--message", "wrong colour", "--json")
+    ok("gc", pack, "--grace", 0, "--json")  # the files of versions the snapshot policy does not keep go now
+    return pack
+
+
+@pytest.fixture
+def saved(model, tokenizer, tmp_path):
+    """A tiny pack of the three FACTS, committed as version 1 at tmp_path / "pack"."""
+    pack = edited_pack(model, tokenizer, FACTS, steps=3)
+    save_pack(pack, tmp_path / "pack")
+    return pack, tmp_path / "pack"

@@ -19,7 +19,7 @@ def empty_pack(model, tokenizer, threshold: float = 0.5, **options) -> Pack:
 def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: float = 0.5, **options) -> Pack:
     """A pack holding `facts`, fitted for a few steps (enough to change the model's outputs)."""
     pack = empty_pack(model, tokenizer, threshold, **options)
-    pack.manifest.training = TrainingConfig(steps=steps)
+    pack.manifest.training = TrainingConfig(steps=steps, chat=pack.manifest.training.chat)
     with editing(LoadedModel(model, tokenizer, "tiny-llama", None), pack) as editor:
         for record in facts:
             editor.edit(Fact.from_json(record))
@@ -46,3 +46,29 @@ def logits(model, tokenizer, prompts: list[str]) -> torch.Tensor:
 
     with torch.no_grad():
         return model(**encode_left_padded(tokenizer, prompts, torch.device("cpu"))).logits
+
+
+def run(*args):
+    """`memoir ARGS...` in this process (typer's runner): exit code, stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    from memoir_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(*args):
+    """`memoir ARGS...` that must succeed: its JSON with --json, else the result."""
+    import json
+
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if "--json" in args else result
+
+
+def write_facts(path, records: list[dict]):
+    """A facts JSONL file of `records`."""
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

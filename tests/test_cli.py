@@ -4,18 +4,11 @@ import json
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
 from memoir_cli.cli import app
 
 from .conftest import FACTS
-from .helpers import tree
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from .helpers import run, tree
 
 
 @pytest.fixture

@@ -1,68 +1,16 @@
-"""Versions: log, PACK@N, rollback (bit-identical), replay of dropped versions, rebuild, diff."""
+"""Versions: log, PACK@N, rollback (bit-identical), replay of dropped versions, rebuild."""
 
 import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from memoir_cli.cli import app
 from memoir_cli.history import open_pack
 from memoir_cli.models import load_model
 from memoir_cli.store import load_pack, read_record
 
 from .conftest import FACTS
-from .helpers import tree
-
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout) if "--json" in args else result
-
-
-def write_facts(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-@pytest.fixture
-def history(tmp_path, model_dir):
-    """Version 1: two facts; 2: a third; 3: the first retargeted; 4: the second reverted."""
-    pack = tmp_path / "pack"
-    ok(
-        "edit",
-        write_facts(tmp_path / "a.jsonl", FACTS[:2]),
-        "--pack",
-        pack,
-        "--model",
-        model_dir,
-        "--steps",
-        2,
-        "--message",
-        "first two",
-        "--json",
-    )
-    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 2, "--json")
-    ok(
-        "edit",
-        write_facts(tmp_path / "c.jsonl", [{"id": "f-paris-2", "prompt": FACTS[0]["prompt"], "target": "Rome"}]),
-        "--pack",
-        pack,
-        "--steps",
-        2,
-        "--json",
-    )
-    ok("revert", pack, FACTS[1]["id"], "--message", "wrong colour", "--json")
-    ok("gc", pack, "--grace", 0, "--json")  # the files of versions the snapshot policy does not keep go now
-    return pack
+from .helpers import ok, run, tree, write_facts
 
 
 def loader(model_dir):
@@ -211,93 +159,6 @@ def test_rebuild_equals_editing_the_active_facts_into_a_fresh_pack(history, tmp_
     again = load_pack(fresh)
     assert rebuilt.manifest.files == again.manifest.files  # bit-identical data files
     assert ok("log", history, "--json")["versions"][-1]["kind"] == "rebuild"
-
-
-def test_diff_of_two_versions_lists_facts_settings_and_memory_change(history, model_dir):
-    report = ok("diff", f"{history}@1", history, "--model", model_dir, "--json")
-    facts = report["facts"]
-    assert [f["id"] for f in facts["added"]] == [FACTS[2]["id"]]
-    assert [f["id"] for f in facts["removed"]] == [FACTS[1]["id"]]
-    assert facts["retargeted"] == [
-        {
-            "prompt": FACTS[0]["prompt"],
-            "id_a": FACTS[0]["id"],
-            "id_b": "f-paris-2",
-            "target_a": "Paris",
-            "target_b": "Rome",
-        }
-    ]
-    assert 0 < report["memory"]["columns_touched"] <= 128 and report["memory"]["norm"] > 0
-    assert report["settings"] == [] and report["stacked"] is False
-    text = run("diff", f"{history}@1", history, "--model", model_dir).stdout
-    assert "retargeted" in text and "Paris -> Rome" in text
-
-
-@pytest.mark.parametrize("block", [1024, 1])  # 1: the bank is compared one row at a time
-def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, model_dir, monkeypatch, block):
-    monkeypatch.setattr("memoir_cli.diff.BLOCK", block)
-    a, b = tmp_path / "a", tmp_path / "b"
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
-    ok(
-        "edit",
-        write_facts(tmp_path / "b.jsonl", FACTS[1:]),
-        "--pack",
-        b,
-        "--model",
-        model_dir,
-        "--steps",
-        1,
-        "--threshold",
-        0.0,
-        "--json",
-    )
-    report = ok("diff", a, b, "--json")
-    assert report["stacked"] is True
-    assert [(c["a"], c["b"]) for c in report["conflicts"]["within_b"]] == [(FACTS[1]["id"], FACTS[2]["id"])]
-    assert report["conflicts"]["within_b"][0]["new"] is True
-    assert {c["b"] for c in report["conflicts"]["across"]} == {FACTS[1]["id"], FACTS[2]["id"]}
-    assert report["settings"] == [{"setting": "threshold", "a": 0.5, "b": 0.0}]
-
-
-def test_diff_across_packs_with_another_seed_hashes_prompts_with_the_base_model(tmp_path, model_dir):
-    a, b = tmp_path / "a", tmp_path / "b"
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
-    ok(
-        "edit",
-        write_facts(tmp_path / "b.jsonl", FACTS[:1]),
-        "--pack",
-        b,
-        "--model",
-        model_dir,
-        "--steps",
-        1,
-        "--seed",
-        7,
-        "--json",
-    )
-    report = ok("diff", a, b, "--model", model_dir, "--json")
-    assert [(c["a"], c["b"], c["overlap"]) for c in report["conflicts"]["across"]] == [
-        (FACTS[0]["id"], FACTS[0]["id"], 1.0)
-    ]
-
-
-def test_diff_refuses_packs_of_different_base_models_unless_forced(tmp_path, model_dir, other_model_dir):
-    a, b = tmp_path / "a", tmp_path / "b"
-    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", a, "--model", model_dir, "--steps", 1, "--json")
-    ok(
-        "edit",
-        write_facts(tmp_path / "b.jsonl", FACTS[:1]),
-        "--pack",
-        b,
-        "--model",
-        other_model_dir,
-        "--steps",
-        1,
-        "--json",
-    )
-    result = run("diff", a, b)
-    assert result.exit_code == 3 and "different base models" in result.stderr and "--force" in result.stderr
-    assert ok("diff", a, b, "--force", "--model", model_dir, "--json")["same_base_model"] is False
 
 
 def test_eval_scores_a_named_version(history, model_dir):

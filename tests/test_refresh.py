@@ -5,27 +5,14 @@ import threading
 
 import pytest
 from filelock import FileLock
-from typer.testing import CliRunner
 
 import memoir_cli.workflows as workflows
 from memoir_cli import load_pack
-from memoir_cli.cli import app
 from memoir_cli.facts import Fact, read_facts
 from memoir_cli.workflows import plan_edits
 
 from .conftest import FACTS
-from .helpers import tree
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def write_facts(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+from .helpers import run, tree, write_facts
 
 
 @pytest.fixture

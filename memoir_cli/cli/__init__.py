@@ -5,7 +5,8 @@ table, or JSON with --json). Shared option types are in _options.py, output help
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (facts file, arguments), 3 pack problem
 (missing, corrupt, tampered, made for another model), 4 model problem (cannot load, unsupported),
-5 pack busy (--no-wait), 6 Hub problem (not found, no token, offline, network), 130 interrupted.
+5 pack busy (--no-wait), 6 Hub problem (not found, no token, offline, network), 7 judge problem
+(eval --judge: down, or not a verdict), 130 interrupted.
 """
 
 from __future__ import annotations

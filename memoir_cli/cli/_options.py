@@ -21,6 +21,23 @@ class Dtype(str, Enum):
     float16 = "float16"
 
 
+class ChatMode(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Protocol(str, Enum):
+    paper = "paper"
+    wild = "wild"
+
+
+class Context(str, Enum):
+    question = "question"
+    chat = "chat"
+    both = "both"
+
+
 class FactsFormat(str, Enum):
     auto = "auto"
     jsonl = "jsonl"
@@ -90,6 +107,19 @@ RehearseOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingCo
 RehearseOverlapOpt = Annotated[
     float | None, typer.Option(min=0.0, max=1.0, help=help_for(TrainingConfig, "rehearse_overlap"))
 ]
+EditChatOpt = Annotated[
+    ChatMode,
+    typer.Option(
+        "--chat",
+        help="Train the chat form too (auto: a new pack does when the tokenizer has a chat template; "
+        "an existing pack keeps its choice).",
+    ),
+]
+AskChatOpt = Annotated[
+    ChatMode,
+    typer.Option("--chat", help="Ask through the chat template (auto: when a pack was trained in chat form)."),
+]
+SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt of each chat question.")]
 CheckpointEveryOpt = Annotated[
     int, typer.Option(min=1, help="Commit a version every N facts, so a killed run loses at most N.")
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import MemoirError
 
@@ -95,7 +95,7 @@ class edit_progress:
         self.progress = progress_bar(
             "editing", enabled, TextColumn("loss {task.fields[loss]}"), TextColumn("step {task.fields[step]}")
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> dict:
         self.progress.start()
@@ -104,10 +104,12 @@ class edit_progress:
             self.task = self.progress.add_task("edit", total=total, loss="-", step="-")
 
         def on_step(_number, _fact, step: int, loss: float) -> None:
-            self.progress.update(self.task, loss=f"{loss:.4f}", step=step)
+            if self.task is not None:
+                self.progress.update(self.task, loss=f"{loss:.4f}", step=step)
 
         def on_fact(_number, _result) -> None:
-            self.progress.advance(self.task)
+            if self.task is not None:
+                self.progress.advance(self.task)
 
         return {"on_start": on_start, "on_step": on_step, "on_fact": on_fact}
 

@@ -10,10 +10,12 @@ from rich.table import Table
 
 from ..config import DEFAULT_CHECKPOINT_EVERY
 from ._options import (
+    ChatMode,
     CheckpointEveryOpt,
     DeviceOpt,
     Dtype,
     DtypeOpt,
+    EditChatOpt,
     FactsFormat,
     FormatOpt,
     JsonOpt,
@@ -76,6 +78,7 @@ def edit(
     lr: LrOpt = None,
     rehearse: RehearseOpt = None,
     rehearse_overlap: RehearseOverlapOpt = None,
+    chat: EditChatOpt = ChatMode.auto,
     seed: SeedOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")
@@ -109,6 +112,7 @@ def edit(
         lr=lr,
         rehearse=rehearse,
         rehearse_overlap=rehearse_overlap,
+        chat=chat.value,
         device=device,
         dtype=dtype.value,
     )
@@ -170,8 +174,8 @@ def revert(
     report(
         result,
         as_json,
-        f"[green]reverted[/] {len(result.reverted)} edit(s) in {pack} (version {result.version}): "
-        f"{', '.join(result.reverted)}",
+        f"[green]reverted[/] {len(result.reverted or [])} edit(s) in {pack} (version {result.version}): "
+        f"{', '.join(result.reverted or [])}",
     )
 
 

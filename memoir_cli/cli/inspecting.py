@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -105,7 +106,7 @@ def diff(
 
     loader = model_loader(model, device, dtype.value)
     pack_a, pack_b = open_pack(a, loader, token), open_pack(b, loader, token)
-    stacked = pack_a.path.resolve() != pack_b.path.resolve()
+    stacked = Path(pack_a.path or a).resolve() != Path(pack_b.path or b).resolve()
     report = compare(Side(a, pack_a), Side(b, pack_b), stacked, force, loader)
     if as_json:
         print_json(report)

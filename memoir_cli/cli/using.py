@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from ..errors import BadInputError
 from ._options import (
+    AskChatOpt,
+    ChatMode,
+    Context,
     DeviceOpt,
     Dtype,
     DtypeOpt,
@@ -21,7 +25,9 @@ from ._options import (
     LimitOpt,
     ModelOpt,
     PacksArg,
+    Protocol,
     SkipInvalidOpt,
+    SystemOpt,
     TokenOpt,
 )
 from ._output import err, eval_progress, handles_errors, out, print_json, warn_skipped
@@ -36,6 +42,8 @@ def apply(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 32,
     compare: Annotated[bool, typer.Option(help="Also show the base model's answer.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 8,
+    chat: AskChatOpt = ChatMode.auto,
+    system: SystemOpt = None,
     token: TokenOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = Dtype.float32,
@@ -50,10 +58,11 @@ def apply(
 
     texts = list(prompt or []) + (read_prompts_jsonl(prompts) if prompts else [])
     session = Session(packs, model, device, dtype.value, token)
+    asking = session.asking(chat.value, system)
     if not texts:
-        _interactive(session, max_new_tokens, compare)
+        _interactive(session, max_new_tokens, compare, asking)
         return
-    answers = session.answer(texts, max_new_tokens, compare, batch_size)
+    answers = session.answer(texts, max_new_tokens, compare, batch_size, asking)
     if as_json:
         print_json([a.to_json() for a in answers])
         return
@@ -62,12 +71,13 @@ def apply(
         table.add_column(column, overflow="fold")
     for a in answers:
         routed = f"{a.pack}:{a.edit_id}" if a.edit_id else "[dim]base model[/]"
-        row = [a.prompt, a.output.strip()] + ([a.base_output.strip()] if compare else []) + [routed, f"{a.overlap:.2f}"]
+        base = [(a.base_output or "").strip()] if compare else []
+        row = [a.prompt, a.output.strip(), *base, routed, f"{a.overlap:.2f}"]
         table.add_row(*row)
     out.print(table)
 
 
-def _interactive(session, max_new_tokens: int, compare: bool) -> None:
+def _interactive(session, max_new_tokens: int, compare: bool, asking) -> None:
     if not sys.stdin.isatty():
         raise BadInputError("no prompt given: pass --prompt TEXT or --prompts FILE (or run in a terminal)")
     err.print("[dim]Type a prompt, empty line to quit.[/]")
@@ -75,7 +85,7 @@ def _interactive(session, max_new_tokens: int, compare: bool) -> None:
         text = typer.prompt("prompt", default="", show_default=False)
         if not text.strip():
             return
-        answer = session.answer([text], max_new_tokens, compare)[0]
+        answer = session.answer([text], max_new_tokens, compare, asking=asking)[0]
         out.print(f"[bold]{answer.output.strip()}[/]", highlight=False)
         if compare:
             out.print(f"[dim]base: {answer.base_output.strip()}[/]", highlight=False)
@@ -102,6 +112,20 @@ def eval_(
         Path | None, typer.Option("--out", help="Write the full report, per record, to this JSON file.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences scored together.")] = 16,
+    protocol: Annotated[
+        Protocol,
+        typer.Option(
+            help="paper: teacher-forced token accuracy (the published tables); wild: also the generated "
+            "answer, cut at the first '.', newline or EOS, must start with the target (wild.py)."
+        ),
+    ] = Protocol.paper,
+    context: Annotated[
+        Context, typer.Option(help="WILD: ask the bare question, through the chat template, or both.")
+    ] = Context.question,
+    judge: Annotated[
+        str | None, typer.Option(help="WILD: an OpenAI-compatible API base URL whose model judges each answer.")
+    ] = None,
+    judge_model: Annotated[str, typer.Option(help="WILD: the judge's model name.")] = "judge",
     token: TokenOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = Dtype.float32,
@@ -113,15 +137,28 @@ def eval_(
     """
     from ..facts import read_facts
     from ..session import Session
+    from ..wild import Judge
 
     records = read_facts(data, fmt.value, on_skip=warn_skipped if skip_invalid else None, limit=limit) if data else None
     session = Session(packs, model, device, dtype.value, token)
     facts = (records if records is not None else session.pack_facts())[:limit]
     if not facts:
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")
+    if protocol is Protocol.paper and (judge or context is not Context.question):
+        raise BadInputError("--context and --judge belong to the WILD protocol: add --protocol wild")
+    contexts = (
+        (["question", "chat"] if context is Context.both else [context.value]) if protocol is Protocol.wild else []
+    )
+    referee = Judge(judge, judge_model, os.environ.get("MEMOIR_JUDGE_API_KEY")) if judge else None
     with eval_progress(enabled=not as_json) as on_progress:
         report = session.evaluate(
-            facts, check_generation=generate, baseline=baseline, batch_size=batch_size, on_progress=on_progress
+            facts,
+            check_generation=generate,
+            baseline=baseline,
+            batch_size=batch_size,
+            on_progress=on_progress,
+            wild_contexts=contexts,
+            judge=referee,
         )
     session.remember_scores(packs, report, str(data) if data else None)
     if out_file:
@@ -142,11 +179,21 @@ def _render_eval(report, thresholds: list[float]) -> None:
         columns.append(("unedited model", report.baseline))
     if report.generate is not None:
         columns.append(("edited (greedy generation)", report.generate))
+    for context, values in (report.wild or {}).items():
+        columns.append((f"WILD, {context}", values))
     scores.add_column("metric")
     for title, _ in columns:
         scores.add_column(title, justify="right")
     for key, name in (("rel", "Reliability"), ("gen", "Generalisation"), ("loc", "Locality"), ("avg", "Average")):
         scores.add_row(name, *(fmt_score(values[key]) for _, values in columns))
+    if report.wild:
+        for key, name in (
+            ("repetition", "Repetition rate"),
+            ("judge_rel", "Judge: reliability"),
+            ("judge_gen", "Judge: generalisation"),
+        ):
+            if any(key in values for _, values in columns):
+                scores.add_row(name, *(fmt_score(values.get(key)) for _, values in columns))
     out.print(scores)
     routing = report.routing
     table = Table(title=f"routing (threshold {', '.join(str(t) for t in thresholds)})")

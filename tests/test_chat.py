@@ -1,0 +1,109 @@
+"""Chat-format editing and routing on a tiny model whose tokenizer has a (ChatML) chat template."""
+
+import json
+
+import pytest
+import torch
+
+from memoir_cli.card import model_card
+from memoir_cli.chat import chat_answer_ids, chat_inputs, chat_prompt, conversation
+from memoir_cli.editor import editing
+from memoir_cli.errors import BadInputError
+from memoir_cli.facts import Fact
+from memoir_cli.memory import attach
+from memoir_cli.models import LoadedModel
+from memoir_cli.tophash import masked_mean
+
+from .conftest import FACTS
+from .helpers import edited_pack, ok, run, write_facts
+
+HISTORY = [
+    {"role": "user", "content": "How do bees make honey?"},
+    {"role": "assistant", "content": "From nectar."},
+]
+
+
+def test_the_question_span_is_the_last_user_messages_own_text(chat_tokenizer):
+    question = FACTS[2]["prompt"]
+    for messages in (conversation(question), conversation(question, "Be brief.", HISTORY)):
+        prompt = chat_prompt(chat_tokenizer, messages)
+        start, end = prompt.question
+        assert chat_tokenizer.decode(prompt.ids[start:end]) == question
+        assert chat_tokenizer.decode(prompt.ids).endswith("<|im_start|>assistant\n")
+        assert sum(prompt.route_mask()) == end - start and len(prompt.route_mask()) == len(prompt.ids)
+
+
+def test_a_chat_answer_is_the_target_then_the_end_of_turn_token(chat_tokenizer):
+    answer = chat_answer_ids(chat_tokenizer, conversation("Who?"), "her uncle Bob")
+    assert chat_tokenizer.decode(answer[:-1]) == "her uncle Bob"
+    assert answer[-1] == chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_model, chat_tokenizer):
+    pack = edited_pack(chat_model, chat_tokenizer, [], steps=1)
+    assert pack.manifest.training.chat is True  # auto: the tokenizer has a chat template
+    loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
+    with editing(loaded, pack) as editor:
+        batch, labels = editor.training_batch(Fact.from_json(FACTS[0]))
+    end_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    own = editor.own_rows()
+    assert batch["input_ids"].shape[0] == own == 2 + len(pack.manifest.prefixes)
+    trained = [[t for t in row.tolist() if t != -100] for row in labels]
+    chat_rows = [row for row in trained if row[-1] == end_of_turn]
+    bare_rows = [row for row in trained if row[-1] != end_of_turn]
+    assert len(chat_rows) == 1 + len(pack.manifest.prefixes) // 2 and len(bare_rows) == own - len(chat_rows)
+    assert all(chat_tokenizer.decode(row[:-1]) == "Paris" for row in chat_rows)
+    assert all(chat_tokenizer.decode(row).strip() == "Paris" for row in bare_rows)
+
+
+def test_routing_averages_only_the_question_tokens_never_the_template_system_prompt_or_history(
+    chat_model, chat_tokenizer
+):
+    pack = edited_pack(chat_model, chat_tokenizer, FACTS, steps=2)
+    wrapper = attach(chat_model, pack)
+    seen = []
+    handle = wrapper.base.register_forward_pre_hook(lambda _m, args: seen.append(args[0]) if not seen else None)
+    inputs = chat_inputs(chat_tokenizer, [conversation(FACTS[2]["prompt"], "Be brief.", HISTORY)])
+    chat_model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=chat_tokenizer.pad_token_id)
+    handle.remove()
+    span = inputs["routing_mask"]
+    expected = pack.memory.best_match(pack.memory.query_masks(masked_mean(seen[0], span)))
+    decided = wrapper.routes
+    assert torch.allclose(decided.overlap, expected[1].float())
+    routed = expected[1] >= pack.memory.threshold
+    assert decided.row.tolist() == torch.where(routed, expected[0], -1).tolist()
+    everything = pack.memory.query_masks(masked_mean(seen[0], inputs["attention_mask"]))
+    assert not torch.equal(everything, pack.memory.query_masks(masked_mean(seen[0], span)))
+
+
+def test_the_pack_records_chat_training_in_its_manifest_and_card(chat_model, chat_tokenizer, tokenizer, model):
+    assert edited_pack(model, tokenizer, [], steps=1).manifest.training.chat is False  # no template
+    pack = edited_pack(chat_model, chat_tokenizer, FACTS[:1], steps=1)
+    assert pack.manifest.to_dict()["training"]["chat"] is True
+    assert "| chat | True |" in model_card(pack)
+
+
+def test_apply_asks_a_chat_pack_through_the_template_with_a_system_prompt(tmp_path, chat_model_dir):
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "f.jsonl", FACTS), "--pack", pack, "--model", chat_model_dir, "--steps", 2)
+    assert json.loads((pack / "manifest.json").read_text())["training"]["chat"] is True
+    asked = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--json")  # auto: a chat pack is asked in chat
+    bare = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--chat", "off", "--json")
+    assert asked[0]["edit_id"] == FACTS[2]["id"] and asked[0]["overlap"] == 1.0  # the key is the chat question's
+    assert bare[0]["overlap"] < 1.0  # a real model's bare question still reaches it (test_integration_chat.py)
+    with_system = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--system", "Be brief.", "--json")
+    assert with_system[0]["overlap"] != asked[0]["overlap"]  # the system prompt is in the model's context
+
+
+def test_a_system_prompt_without_chat_formatting_is_refused_naming_the_flag(tmp_path, model_dir):
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "f.jsonl", FACTS[:1]), "--pack", pack, "--model", model_dir, "--steps", 1)
+    result = run("apply", pack, "--prompt", "x", "--system", "Be brief.")
+    assert result.exit_code == 2 and "a system prompt needs the chat template; pass --chat on" in result.stderr
+    result = run("apply", pack, "--prompt", "x", "--chat", "on")
+    assert result.exit_code == 4 and "no chat template; pass --chat off to ask bare" in result.stderr
+
+
+def test_a_conversation_without_a_user_question_is_bad_input(chat_tokenizer):
+    with pytest.raises(BadInputError, match="last user message"):
+        chat_prompt(chat_tokenizer, [{"role": "system", "content": "Be brief."}])
