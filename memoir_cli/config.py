@@ -61,6 +61,11 @@ class TrainingConfig:
     stop_delta: float = setting(1e-4, "...and moved at most this since the step before.")
     rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
     rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
+    end_answer: bool = setting(
+        False,
+        "Train the end-of-sequence token after the target in the bare form too, so that a generated answer "
+        "ends there instead of repeating the target (a new pack: on).",
+    )
     chat: bool = setting(
         False,
         "Train each fact as the chat template asks it too (a user turn; the answer, then the end-of-turn "

@@ -160,7 +160,10 @@ class Editor:
         return 1 + len(self.prefixes) + (1 if self.settings.chat else 0)
 
     def _bare_row(self, context: str, target: str) -> tuple[list[int], list[int]]:
+        """A bare row ends with the end-of-sequence token when the pack says so (rehearsed ones too)."""
         ids, n_context = prompt_target_ids(self.tokenizer, context, target)
+        if self.settings.end_answer and self.tokenizer.eos_token_id is not None:
+            ids = [*ids, self.tokenizer.eos_token_id]
         return ids, [-100] * n_context + ids[n_context:]
 
     def _chat_row(self, messages: list[dict[str, str]], target: str) -> tuple[list[int], list[int]]:

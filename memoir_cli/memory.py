@@ -23,7 +23,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -31,7 +31,11 @@ from torch import nn
 from .bank import MaskBank
 from .config import Manifest
 from .errors import MemoirError, PackError
+from .release import TargetWatch
 from .tophash import masked_mean, tophash
+
+if TYPE_CHECKING:
+    from .facts import Fact
 
 
 @dataclass
@@ -77,6 +81,7 @@ class HasMemory(Protocol):
     """What attach() needs of a pack: its memory, the name routes report, and the base check."""
 
     memory: ResidualMemory
+    facts: list[Fact]  # one per bank row (their targets: release.py)
 
     @property
     def name(self) -> str: ...
@@ -141,6 +146,8 @@ class MemoirLinear(nn.Module):
         self._prompt_mask: torch.Tensor | None = None
         self._weights: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         self._detach: Callable[[], None] | None = None  # undoes what attach() added to the model
+        self.watch: TargetWatch | None = None  # release.py: rows that generated their target go back to the base
+        self._watching = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -162,6 +169,8 @@ class MemoirLinear(nn.Module):
     def generation(self, attention_mask: torch.Tensor | None) -> Iterator[None]:
         """One `generate` call: one decision per row at its first forward, kept until it returns."""
         self.routes, self._span, self._generating = None, attention_mask, True
+        if self.watch is not None:
+            self.watch.start()
         try:
             yield
         finally:
@@ -188,11 +197,14 @@ class MemoirLinear(nn.Module):
 
     def _add_delta(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         assert self.routes is not None
-        for index in self.routes.memory.unique().tolist():
+        routed = self.routes.memory
+        if self._watching and self.watch is not None and self.watch.released is not None:
+            routed = routed.masked_fill(self.watch.released, -1)
+        for index in routed.unique().tolist():
             if index < 0:
                 continue
             memory = self.packs[index].memory
-            batch_rows = (self.routes.memory == index).nonzero().squeeze(1)
+            batch_rows = (routed == index).nonzero().squeeze(1)
             masks = memory.bank.masks[self.routes.row[batch_rows]].to(device=x.device, dtype=x.dtype)
             delta = (x[batch_rows.to(x.device)] * masks.unsqueeze(1)) @ self._weight(index, x).T
             out = out.index_add(0, batch_rows.to(out.device), delta.to(out.dtype))
@@ -252,6 +264,9 @@ def _forward_hook(wrapper: MemoirLinear, model: nn.Module):
         except TypeError:
             bound = kwargs
         wrapper.new_call(bound.get("attention_mask"))
+        input_ids = bound.get("input_ids")
+        if wrapper._watching and wrapper.watch is not None and isinstance(input_ids, torch.Tensor):
+            wrapper.watch.observe(input_ids, wrapper.routes)
 
     return hook
 
@@ -269,8 +284,13 @@ def _scoped_generate(wrapper: MemoirLinear, model: nn.Module) -> Callable[..., A
                 "generate with prefill_chunk_size=None when packs are attached"
             )
         routing = kwargs.pop("routing_mask", None)  # chat.chat_inputs: the question's own tokens
-        with wrapper.generation(routing if routing is not None else prompt_attention_mask(config, args, kwargs)):
-            return original(*args, **kwargs)
+        beams = kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1
+        wrapper._watching = wrapper.watch is not None and beams == 1  # beam search reorders rows
+        try:
+            with wrapper.generation(routing if routing is not None else prompt_attention_mask(config, args, kwargs)):
+                return original(*args, **kwargs)
+        finally:
+            wrapper._watching = False
 
     return generate
 
@@ -310,10 +330,12 @@ def find_wrapper(model: nn.Module) -> MemoirLinear | None:
     return next((m for m in model.modules() if isinstance(m, MemoirLinear)), None)
 
 
-def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
+def attach(model: nn.Module, *packs: HasMemory, tokenizer: Any = None) -> MemoirLinear:
     """Add the packs' memories to `model` in place (stacked: routing picks the best edit across all).
 
     Every pack must be made for this base model (checked by fingerprint) and edit the same layer.
+    Given the `tokenizer`, a row that has generated its edit's target gets the base model's
+    output from then on (release.py); without it, the paper's rule: the edit at every position.
     """
     if find_wrapper(model) is not None:
         raise MemoirError("this model already has packs attached; detach(model) first")
@@ -331,6 +353,8 @@ def attach(model: nn.Module, *packs: HasMemory) -> MemoirLinear:
     parent = model.get_submodule(parent_path)
     base = getattr(parent, name)
     wrapper = MemoirLinear(base, list(packs))
+    if tokenizer is not None:
+        wrapper.watch = TargetWatch(tokenizer, [[fact.target for fact in pack.facts] for pack in packs])
     setattr(parent, name, wrapper)
     handle = model.register_forward_pre_hook(_forward_hook(wrapper, model), with_kwargs=True)
     has_generate = callable(getattr(model, "generate", None))

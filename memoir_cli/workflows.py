@@ -252,7 +252,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         layer=layer,
         tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
         routing=RoutingConfig(),
-        training=TrainingConfig(lr=default_lr(layer.d_in), chat=has_chat_template(tokenizer)),
+        training=TrainingConfig(lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer)),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
         permutation=make_permutation(layer.d_in, seed),

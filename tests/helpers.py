@@ -19,7 +19,8 @@ def empty_pack(model, tokenizer, threshold: float = 0.5, **options) -> Pack:
 def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: float = 0.5, **options) -> Pack:
     """A pack holding `facts`, fitted for a few steps (enough to change the model's outputs)."""
     pack = empty_pack(model, tokenizer, threshold, **options)
-    pack.manifest.training = TrainingConfig(steps=steps, chat=pack.manifest.training.chat)
+    made = pack.manifest.training
+    pack.manifest.training = TrainingConfig(steps=steps, chat=made.chat, end_answer=made.end_answer)
     with editing(LoadedModel(model, tokenizer, "tiny-llama", None), pack) as editor:
         for record in facts:
             editor.edit(Fact.from_json(record))

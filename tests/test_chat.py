@@ -46,14 +46,26 @@ def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_
     with editing(loaded, pack) as editor:
         batch, labels = editor.training_batch(Fact.from_json(FACTS[0]))
     end_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    start_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
     own = editor.own_rows()
     assert batch["input_ids"].shape[0] == own == 2 + len(pack.manifest.prefixes)
     trained = [[t for t in row.tolist() if t != -100] for row in labels]
-    chat_rows = [row for row in trained if row[-1] == end_of_turn]
-    bare_rows = [row for row in trained if row[-1] != end_of_turn]
-    assert len(chat_rows) == 1 + len(pack.manifest.prefixes) // 2 and len(bare_rows) == own - len(chat_rows)
-    assert all(chat_tokenizer.decode(row[:-1]) == "Paris" for row in chat_rows)
-    assert all(chat_tokenizer.decode(row).strip() == "Paris" for row in bare_rows)
+    is_chat = [start_of_turn in row.tolist() for row in batch["input_ids"]]
+    assert sum(is_chat) == 1 + len(pack.manifest.prefixes) // 2
+    assert all(row[-1] == end_of_turn for row in trained)  # every answer is trained to end
+    assert all(chat_tokenizer.decode(row[:-1]).strip() == "Paris" for row in trained)
+
+
+def test_a_new_pack_trains_the_end_of_sequence_after_a_bare_answer_and_an_old_one_does_not(model, tokenizer):
+    pack = edited_pack(model, tokenizer, [], steps=1)
+    assert pack.manifest.training.end_answer is True and pack.manifest.training.chat is False
+    loaded = LoadedModel(model, tokenizer, "tiny", None)
+    for end_answer in (True, False):  # False: a pack made before the setting existed
+        pack.manifest.training.end_answer = end_answer
+        with editing(loaded, pack) as editor:
+            _, labels = editor.training_batch(Fact.from_json(FACTS[0]))
+        ends = {[t for t in row.tolist() if t != -100][-1] == tokenizer.eos_token_id for row in labels}
+        assert ends == {end_answer}
 
 
 def test_routing_averages_only_the_question_tokens_never_the_template_system_prompt_or_history(
@@ -91,6 +103,8 @@ def test_apply_asks_a_chat_pack_through_the_template_with_a_system_prompt(tmp_pa
     bare = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--chat", "off", "--json")
     assert asked[0]["edit_id"] == FACTS[2]["id"] and asked[0]["overlap"] == 1.0  # the key is the chat question's
     assert bare[0]["overlap"] < 1.0  # a real model's bare question still reaches it (test_integration_chat.py)
+    kept = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--after-target", "keep", "--json")
+    assert kept[0]["edit_id"] == asked[0]["edit_id"]  # the paper's rule routes the same way
     with_system = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--system", "Be brief.", "--json")
     assert with_system[0]["overlap"] != asked[0]["overlap"]  # the system prompt is in the model's context
 

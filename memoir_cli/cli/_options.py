@@ -38,6 +38,11 @@ class Context(str, Enum):
     both = "both"
 
 
+class AfterTarget(str, Enum):
+    release = "release"
+    keep = "keep"
+
+
 class FactsFormat(str, Enum):
     auto = "auto"
     jsonl = "jsonl"
@@ -118,6 +123,13 @@ EditChatOpt = Annotated[
 AskChatOpt = Annotated[
     ChatMode,
     typer.Option("--chat", help="Ask through the chat template (auto: when a pack was trained in chat form)."),
+]
+AfterTargetOpt = Annotated[
+    AfterTarget,
+    typer.Option(
+        help="release: once an answer has generated its edit's target, the base model goes on (no repeats); "
+        "keep: the paper's rule, the edit at every position."
+    ),
 ]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt of each chat question.")]
 CheckpointEveryOpt = Annotated[

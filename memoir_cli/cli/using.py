@@ -13,6 +13,8 @@ from rich.table import Table
 
 from ..errors import BadInputError
 from ._options import (
+    AfterTarget,
+    AfterTargetOpt,
     AskChatOpt,
     ChatMode,
     Context,
@@ -44,6 +46,7 @@ def apply(
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 8,
     chat: AskChatOpt = ChatMode.auto,
     system: SystemOpt = None,
+    after_target: AfterTargetOpt = AfterTarget.release,
     token: TokenOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = Dtype.float32,
@@ -57,7 +60,7 @@ def apply(
     from ..session import Session
 
     texts = list(prompt or []) + (read_prompts_jsonl(prompts) if prompts else [])
-    session = Session(packs, model, device, dtype.value, token)
+    session = Session(packs, model, device, dtype.value, token, after_target.value)
     asking = session.asking(chat.value, system)
     if not texts:
         _interactive(session, max_new_tokens, compare, asking)
@@ -126,6 +129,7 @@ def eval_(
         str | None, typer.Option(help="WILD: an OpenAI-compatible API base URL whose model judges each answer.")
     ] = None,
     judge_model: Annotated[str, typer.Option(help="WILD: the judge's model name.")] = "judge",
+    after_target: AfterTargetOpt = AfterTarget.release,
     token: TokenOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = Dtype.float32,
@@ -140,7 +144,7 @@ def eval_(
     from ..wild import Judge
 
     records = read_facts(data, fmt.value, on_skip=warn_skipped if skip_invalid else None, limit=limit) if data else None
-    session = Session(packs, model, device, dtype.value, token)
+    session = Session(packs, model, device, dtype.value, token, after_target.value)
     facts = (records if records is not None else session.pack_facts())[:limit]
     if not facts:
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")

@@ -1,0 +1,70 @@
+"""After the target: a row that has generated its edit's target goes on as the base model."""
+
+import dataclasses
+
+import torch
+
+from memoir_cli.memory import Routes, attach, detach
+from memoir_cli.release import TargetWatch
+
+from .conftest import FACTS
+from .helpers import edited_pack
+
+
+def test_the_watch_releases_a_row_once_its_generated_tokens_end_with_its_target(tokenizer):
+    watch = TargetWatch(tokenizer, [["blue green", "Paris"]])
+    routes = Routes(torch.tensor([0, 0, -1]), torch.tensor([0, 1, -1]), torch.tensor([1.0, 1.0, 0.0]))
+    target = tokenizer(" blue green", add_special_tokens=False)["input_ids"]
+    paris = tokenizer("Paris", add_special_tokens=False)["input_ids"]
+    watch.start()
+    watch.observe(torch.zeros((3, 5), dtype=torch.long), None)  # the prompt's forward: nothing yet
+    assert watch.released is None
+    width, pad = max(len(target), len(paris)), tokenizer.pad_token_id
+    rows = [[pad] * (width - len(target)) + target, paris + [pad] * (width - len(paris)), target]
+    for step in range(width):
+        watch.observe(torch.tensor([[row[min(step, len(row) - 1)]] for row in rows]), routes)
+        if step == len(paris) - 1:
+            assert watch.released[1]  # released as soon as "Paris" is complete, and stays so
+    assert watch.released.tolist() == [True, True, False]  # row 2 is routed to no edit
+    watch.start()
+    assert watch.released is None and watch.generated == []
+
+
+def greedy(model, tokenizer, ids, new):
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_generation_after_the_target_is_the_base_models_and_keep_is_the_papers_rule(model, tokenizer):
+    pack = edited_pack(model, tokenizer, FACTS[:1], steps=5, threshold=0.0)
+    prompt = torch.tensor([tokenizer(FACTS[0]["prompt"])["input_ids"]])
+    attach(model, pack)
+    kept = greedy(model, tokenizer, prompt, 8)  # the paper's rule: the edit at every position
+    detach(model)
+    # Make the edit's target the first two tokens it generates, so the release point is known.
+    pack.facts[0] = dataclasses.replace(pack.facts[0], target=tokenizer.decode(kept[:2]))
+    assert tokenizer(pack.facts[0].target, add_special_tokens=False)["input_ids"] == kept[:2]
+    attach(model, pack, tokenizer=tokenizer)
+    released = greedy(model, tokenizer, prompt, 8)
+    detach(model)
+    base_rest = greedy(model, tokenizer, torch.tensor([prompt[0].tolist() + kept[:2]]), 6)
+    assert released[:2] == kept[:2] and released[2:] == base_rest
+    assert released != kept  # on this model the edit changes what follows, so the test can fail
+
+
+def test_beam_search_keeps_the_edit_at_every_position(model, tokenizer):
+    pack = edited_pack(model, tokenizer, FACTS[:1], steps=5, threshold=0.0)
+    prompt = torch.tensor([tokenizer(FACTS[0]["prompt"])["input_ids"]])
+    kwargs = dict(max_new_tokens=6, num_beams=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    attach(model, pack)
+    kept = model.generate(input_ids=prompt, **kwargs)
+    detach(model)
+    attach(model, pack, tokenizer=tokenizer)
+    assert torch.equal(model.generate(input_ids=prompt, **kwargs), kept)
+    detach(model)
