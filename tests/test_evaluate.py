@@ -113,11 +113,11 @@ def test_locality_is_agreement_with_the_unedited_model_when_the_edit_changes_one
         prompt="who", target="x", id="e", locality=({"prompt": "who sang", "target": "z z z"},)
     )  # the answer's own tokens do not matter
     scorer = Scorer(model, vocab, ScriptedWrapper(model))
-    report = evaluate(scorer, [fact], generate_fn=lambda prompts, n, edited: ["" for _ in prompts])
+    report = evaluate(scorer, [fact], generate_fn=lambda prompts, n, edited, asking: ["" for _ in prompts])
     # Answer positions predict after "sang", "z", "z": base says x, 0, 0 and the edit agrees on all three...
     assert report.records[0]["loc"] == 1.0
     fact = Fact(prompt="who", target="x", id="e", locality=({"prompt": "who sang", "target": "x y z"},))
-    report = evaluate(scorer, [fact], generate_fn=lambda prompts, n, edited: ["" for _ in prompts])
+    report = evaluate(scorer, [fact], generate_fn=lambda prompts, n, edited, asking: ["" for _ in prompts])
     # ...while on "x y z" the predictions after "sang", "x", "y" are base x, y, z and edited x, w, z.
     assert report.records[0]["loc"] == 2 / 3
     assert report.scores["loc"] == 2 / 3
@@ -128,7 +128,7 @@ def test_scores_average_the_metrics_that_exist_and_overlaps_get_quartiles():
     v = vocab.ids
     model = ScriptedLM(5, {v["q"]: v["a"], v["r"]: v["q"]})
     facts = [Fact(prompt="q", target="a", id="e", rephrases=("r",))]
-    report = evaluate(Scorer(model, vocab, ScriptedWrapper(model)), facts, lambda p, n, e: ["" for _ in p])
+    report = evaluate(Scorer(model, vocab, ScriptedWrapper(model)), facts, lambda p, n, e, a: ["" for _ in p])
     assert report.scores == {"rel": 1.0, "gen": 0.0, "loc": None, "avg": 0.5}
     assert report.routing["rel_to_own_edit"] == 1.0 and report.routing["loc_to_no_edit"] is None
     assert quartiles([0.1, 0.2, 0.3, 0.4, 0.5]) == {"min": 0.1, "q1": 0.2, "median": 0.3, "q3": 0.4, "max": 0.5}
@@ -153,7 +153,7 @@ def test_progress_counts_every_scored_and_generated_sequence_and_ends_at_its_tot
     evaluate(
         scorer,
         facts,
-        lambda prompts, n, edited: ["a" for _ in prompts],
+        lambda prompts, n, edited, asking: ["a" for _ in prompts],
         check_generation=True,
         baseline=True,
         on_progress=lambda done, total: calls.append((done, total)),
@@ -177,8 +177,10 @@ def test_a_rephrasing_routed_to_a_sibling_edit_with_the_same_target_counts_as_re
         Fact(prompt="q", target="b", id="g", rephrases=("t",)),
     ]
     scorer = Scorer(model, vocab, ScriptedWrapper(model))
-    report = evaluate(scorer, facts, lambda p, n, e: ["" for _ in p], edit_targets={("p", "e"): "a", ("p", "g"): "b"})
+    report = evaluate(
+        scorer, facts, lambda p, n, e, a: ["" for _ in p], edit_targets={("p", "e"): "a", ("p", "g"): "b"}
+    )
     assert report.routing["gen_to_right_edit"] == 1 / 3  # only e's own rephrasing reaches e
     assert report.routing["gen_to_same_answer"] == 2 / 3  # f's reaches e, which also answers "a"; g's does not
-    unknown = evaluate(scorer, facts, lambda p, n, e: ["" for _ in p])
+    unknown = evaluate(scorer, facts, lambda p, n, e, a: ["" for _ in p])
     assert unknown.routing["gen_to_same_answer"] is None  # no targets of the pack's edits given: not guessed

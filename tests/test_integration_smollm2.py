@@ -79,6 +79,8 @@ def test_memoir_apply_generates_each_whole_multi_token_target_batched_or_one_by_
                 "24",
                 "--batch-size",
                 str(batch_size),
+                "--chat",
+                "off",  # the bare question, as issue 11 asked it (test_integration_chat.py asks in chat)
                 "--json",
             ],
         )
