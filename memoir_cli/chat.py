@@ -52,6 +52,11 @@ def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not has_chat_template(tokenizer):
+        raise ModelError("this model's tokenizer has no chat template", option="chat", remedy="off to ask bare")
+
+
 def conversation(question: str, system: str | None = None, history: Sequence[Message] = ()) -> list[Message]:
     """The messages of one question: an optional system prompt, earlier turns, then the question."""
     messages = [{"role": "system", "content": system}] if system else []
@@ -61,8 +66,7 @@ def conversation(question: str, system: str | None = None, history: Sequence[Mes
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> ChatPrompt:
     """`messages` rendered with the chat template and its generation prompt, tokenised, with the
     span of the last user message's content."""
-    if not has_chat_template(tokenizer):
-        raise ModelError("this model's tokenizer has no chat template", option="chat", remedy="off to ask bare")
+    require_chat_template(tokenizer)
     users = [m for m in messages if m.get("role") == "user"]
     if not users or not str(users[-1].get("content", "")).strip():
         raise BadInputError("a chat needs a last user message with some text")

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batching import pad_left
-from .chat import Asking, chat_inputs, conversation, has_chat_template
+from .chat import Asking, chat_inputs, conversation, has_chat_template, require_chat_template
 from .errors import BadInputError, ModelError
 from .evaluate import EvalReport, Progress, Scorer, evaluate
 from .facts import Fact
 from .history import open_pack
 from .hub import remember_scores
-from .memory import MemoirLinear, attach
+from .memory import attach, find_wrapper
 from .models import LoadedModel, load_model
 from .pack import Pack
 from .refs import PackRef, parse_ref
@@ -41,7 +41,7 @@ def generate(
     With `asking.chat`, each prompt is a question asked through the chat template (with the
     system prompt, if any), and routing reads the question's own tokens."""
     device = next(model.parameters()).device
-    attached = any(isinstance(module, MemoirLinear) for module in model.modules())
+    attached = find_wrapper(model) is not None
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -121,8 +121,8 @@ class Session:
         """How to ask: `chat` "on", "off", or "auto" (through the chat template when an attached
         pack was trained in chat form and the tokenizer has a template)."""
         template = has_chat_template(self.loaded.tokenizer)
-        if chat == "on" and not template:
-            raise ModelError("this model's tokenizer has no chat template", option="chat", remedy="off to ask bare")
+        if chat == "on":
+            require_chat_template(self.loaded.tokenizer)
         wanted = chat == "on" or (chat == "auto" and template and any(p.manifest.training.chat for p in self.packs))
         if system and not wanted:
             raise BadInputError("a system prompt needs the chat template", option="chat", remedy="on")
