@@ -23,7 +23,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -33,9 +33,6 @@ from .config import Manifest
 from .errors import MemoirError, PackError
 from .release import TargetWatch
 from .tophash import masked_mean, tophash
-
-if TYPE_CHECKING:
-    from .facts import Fact
 
 
 @dataclass
@@ -81,7 +78,6 @@ class HasMemory(Protocol):
     """What attach() needs of a pack: its memory, the name routes report, and the base check."""
 
     memory: ResidualMemory
-    facts: list[Fact]  # one per bank row (their targets: release.py)
 
     @property
     def name(self) -> str: ...
@@ -330,12 +326,12 @@ def find_wrapper(model: nn.Module) -> MemoirLinear | None:
     return next((m for m in model.modules() if isinstance(m, MemoirLinear)), None)
 
 
-def attach(model: nn.Module, *packs: HasMemory, tokenizer: Any = None) -> MemoirLinear:
+def attach(model: nn.Module, *packs: HasMemory, watch: TargetWatch | None = None) -> MemoirLinear:
     """Add the packs' memories to `model` in place (stacked: routing picks the best edit across all).
 
     Every pack must be made for this base model (checked by fingerprint) and edit the same layer.
-    Given the `tokenizer`, a row that has generated its edit's target gets the base model's
-    output from then on (release.py); without it, the paper's rule: the edit at every position.
+    Given a `watch` (release.watch_for), a row that has generated its edit's target gets the base
+    model's output from then on; without it, the paper's rule: the edit at every position.
     """
     if find_wrapper(model) is not None:
         raise MemoirError("this model already has packs attached; detach(model) first")
@@ -353,8 +349,7 @@ def attach(model: nn.Module, *packs: HasMemory, tokenizer: Any = None) -> Memoir
     parent = model.get_submodule(parent_path)
     base = getattr(parent, name)
     wrapper = MemoirLinear(base, list(packs))
-    if tokenizer is not None:
-        wrapper.watch = TargetWatch(tokenizer, [[fact.target for fact in pack.facts] for pack in packs])
+    wrapper.watch = watch
     setattr(parent, name, wrapper)
     handle = model.register_forward_pre_hook(_forward_hook(wrapper, model), with_kwargs=True)
     has_generate = callable(getattr(model, "generate", None))

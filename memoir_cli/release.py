@@ -1,32 +1,59 @@
 """Release a row from its edit once it has generated the edit's target.
 
-MEMOIR applies the routed residual at every position of a row. The memory is trained to produce
-the target after the question and nothing after it, so it goes on pushing the target: 60% of bare
-questions' answers repeat it ("winger winger winger ...", docs/BENCHMARKS.md). Once a row has
-generated its edit's target, the question has been answered; from the next token on the row gets
-the base model's output, which ends the answer or goes on naturally.
+MEMOIR applies the routed residual at every position of a row. A pack trained without an end
+after the bare answer (`training.end_answer` false: packs made before it existed) goes on pushing
+the target: 60% of bare questions' answers repeat it ("winger winger winger ...",
+docs/BENCHMARKS.md). Once such a row has generated its edit's target, the question has been
+answered; from the next token on the row gets the base model's output.
 
-This deviates from the paper's rule (the residual at every position), which stays available:
-`attach(..., tokenizer=None)` or `memoir apply --after-target keep`. Beam search reorders rows
-between steps, so under beams every row keeps its edit, as in the paper.
+A pack trained with the end (every new pack) ends its answers itself, and releasing its rows would
+hand the answer to a base model that rambles on ("University of Michigan University, University of
+Michigan, ..."), so `after_target="auto"` releases only the rows of packs trained without it.
+Beam search reorders rows between steps, so under beams every row keeps its edit, as in the paper.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
     from .memory import Routes
+    from .pack import Pack
+
+
+class AfterTarget(str, Enum):
+    """What a row does once it has generated its edit's target: see `watch_for`."""
+
+    auto = "auto"
+    release = "release"
+    keep = "keep"
+
+
+def watch_for(tokenizer: Any, packs: Sequence[Pack], after_target: AfterTarget | str) -> TargetWatch | None:
+    """The watch `attach` takes for `after_target`: "keep" (the paper's rule, the edit at every
+    position: no watch), "release" (every pack's rows are released) or "auto" (only the rows of
+    packs trained without an end after the answer)."""
+    rule = AfterTarget(after_target)
+    released = [
+        rule is AfterTarget.release or (rule is AfterTarget.auto and not pack.manifest.training.end_answer)
+        for pack in packs
+    ]
+    if not any(released):
+        return None
+    targets = [[fact.target for fact in pack.facts] if r else None for pack, r in zip(packs, released)]
+    return TargetWatch(tokenizer, targets)
 
 
 class TargetWatch:
     """Follows the tokens each row generates and says which rows have completed their target."""
 
-    def __init__(self, tokenizer: Any, targets: list[list[str]]) -> None:
+    def __init__(self, tokenizer: Any, targets: list[list[str] | None]) -> None:
         self.tokenizer = tokenizer
-        self.targets = targets  # [pack][bank row] -> the edit's target text
+        self.targets = targets  # [pack][bank row] -> the edit's target text; None: the pack's rows are never released
         self._variants: dict[tuple[int, int], list[list[int]]] = {}
         self.generated: list[list[int]] = []
         self.released: torch.Tensor | None = None  # [batch] bool; None: nothing released
@@ -52,8 +79,11 @@ class TargetWatch:
 
     def _completes(self, row: int, memory: int, edit: int) -> bool:
         """The row's generated tokens end with the edit's target, as it is tokenised after a space or not."""
+        targets = self.targets[memory]
+        if targets is None:
+            return False
         if (memory, edit) not in self._variants:
-            target = self.targets[memory][edit]
+            target = targets[edit]
             self._variants[(memory, edit)] = [
                 ids
                 for text in (target, f" {target}")

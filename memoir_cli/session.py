@@ -20,6 +20,7 @@ from .memory import attach, find_wrapper
 from .models import LoadedModel, load_model
 from .pack import Pack
 from .refs import PackRef, parse_ref
+from .release import watch_for
 from .wild import Judge
 from .workflows import model_spec_for
 
@@ -98,18 +99,18 @@ class Session:
         device: str = "cpu",
         dtype: str = "float32",
         token: str | None = None,
-        after_target: str = "release",
+        after_target: str = "auto",
     ) -> None:
-        """`after_target`: "release" (a row that has generated its edit's target goes on as the
-        base model: release.py) or "keep" (the paper's rule: the edit at every position)."""
+        """`after_target`: what a row does once it has generated its edit's target, "auto",
+        "release" or "keep" (release.watch_for)."""
         if not pack_refs:
             raise BadInputError("name at least one pack")
         self._model: LoadedModel | None = None
         self.model_spec, self.device, self.dtype = model_spec, device, dtype
         self.packs = [open_pack(ref, self.model_for, token) for ref in pack_refs]
         self.loaded = self.model_for(self.packs[0])
-        release = self.loaded.tokenizer if after_target == "release" else None
-        self.wrapper = attach(self.loaded.model, *self.packs, tokenizer=release)
+        watch = watch_for(self.loaded.tokenizer, self.packs, after_target)
+        self.wrapper = attach(self.loaded.model, *self.packs, watch=watch)
 
     def model_for(self, pack: Pack) -> LoadedModel:
         """The session's model (loaded once: for the first pack, or to replay a version of one)."""

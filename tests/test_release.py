@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from memoir_cli.memory import Routes, attach, detach
-from memoir_cli.release import TargetWatch
+from memoir_cli.release import TargetWatch, watch_for
 
 from .conftest import FACTS
 from .helpers import edited_pack
@@ -50,7 +50,7 @@ def test_generation_after_the_target_is_the_base_models_and_keep_is_the_papers_r
     # Make the edit's target the first two tokens it generates, so the release point is known.
     pack.facts[0] = dataclasses.replace(pack.facts[0], target=tokenizer.decode(kept[:2]))
     assert tokenizer(pack.facts[0].target, add_special_tokens=False)["input_ids"] == kept[:2]
-    attach(model, pack, tokenizer=tokenizer)
+    attach(model, pack, watch=watch_for(tokenizer, [pack], "release"))
     released = greedy(model, tokenizer, prompt, 8)
     detach(model)
     base_rest = greedy(model, tokenizer, torch.tensor([prompt[0].tolist() + kept[:2]]), 6)
@@ -65,6 +65,27 @@ def test_beam_search_keeps_the_edit_at_every_position(model, tokenizer):
     attach(model, pack)
     kept = model.generate(input_ids=prompt, **kwargs)
     detach(model)
-    attach(model, pack, tokenizer=tokenizer)
+    attach(model, pack, watch=watch_for(tokenizer, [pack], "release"))
     assert torch.equal(model.generate(input_ids=prompt, **kwargs), kept)
     detach(model)
+
+
+def test_auto_releases_only_the_rows_of_packs_trained_without_an_end_after_the_answer(model, tokenizer):
+    ended = edited_pack(model, tokenizer, FACTS[:1], steps=1)
+    older = edited_pack(model, tokenizer, FACTS[1:2], steps=1)
+    older.manifest.training.end_answer = False  # as packs made before training.end_answer existed
+    assert ended.manifest.training.end_answer
+    assert watch_for(tokenizer, [ended], "auto") is None  # a trained end stops the answer by itself
+    assert watch_for(tokenizer, [ended], "keep") is None
+    watch = watch_for(tokenizer, [ended, older], "auto")
+    assert watch is not None and watch.targets == [None, [FACTS[1]["target"]]]
+    assert watch_for(tokenizer, [ended, older], "release").targets == [[FACTS[0]["target"]], [FACTS[1]["target"]]]
+
+
+def test_a_row_of_a_pack_without_targets_to_watch_is_never_released(tokenizer):
+    watch = TargetWatch(tokenizer, [None])
+    routes = Routes(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]))
+    watch.start()
+    for token in tokenizer("Paris", add_special_tokens=False)["input_ids"] * 2:
+        watch.observe(torch.tensor([[token]]), routes)
+    assert watch.released.tolist() == [False]

@@ -13,6 +13,7 @@ import typer
 
 from ..config import LayerConfig, RoutingConfig, TopHashConfig, TrainingConfig, help_for
 from ..refs import local_ref
+from ..release import AfterTarget
 
 
 class Dtype(str, Enum):
@@ -36,11 +37,6 @@ class Context(str, Enum):
     question = "question"
     chat = "chat"
     both = "both"
-
-
-class AfterTarget(str, Enum):
-    release = "release"
-    keep = "keep"
 
 
 class FactsFormat(str, Enum):
@@ -127,8 +123,8 @@ AskChatOpt = Annotated[
 AfterTargetOpt = Annotated[
     AfterTarget,
     typer.Option(
-        help="release: once an answer has generated its edit's target, the base model goes on (no repeats); "
-        "keep: the paper's rule, the edit at every position."
+        help="Once an answer has generated its edit's target: release (the base model goes on), keep (the "
+        "paper's rule: the edit at every position), auto (release only packs trained without an end after the answer)."
     ),
 ]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt of each chat question.")]

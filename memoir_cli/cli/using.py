@@ -12,8 +12,8 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
+from ..release import AfterTarget
 from ._options import (
-    AfterTarget,
     AfterTargetOpt,
     AskChatOpt,
     ChatMode,
@@ -46,7 +46,7 @@ def apply(
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 8,
     chat: AskChatOpt = ChatMode.auto,
     system: SystemOpt = None,
-    after_target: AfterTargetOpt = AfterTarget.release,
+    after_target: AfterTargetOpt = AfterTarget.auto,
     token: TokenOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = Dtype.float32,
@@ -129,7 +129,7 @@ def eval_(
         str | None, typer.Option(help="WILD: an OpenAI-compatible API base URL whose model judges each answer.")
     ] = None,
     judge_model: Annotated[str, typer.Option(help="WILD: the judge's model name.")] = "judge",
-    after_target: AfterTargetOpt = AfterTarget.release,
+    after_target: AfterTargetOpt = AfterTarget.auto,
     token: TokenOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = Dtype.float32,
