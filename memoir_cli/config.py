@@ -39,14 +39,19 @@ def default_top_k(d_ff: int) -> int:
     return round(0.286 * d_ff)
 
 
+NARROW_LR = 16.0
+
+
 def default_lr(d_ff: int) -> float:
-    """The reference's 1.0 at its scale (Llama-3-8B, d_ff 14336); 4.0 for narrow layers.
+    """The reference's 1.0 at its scale (Llama-3-8B, d_ff 14336); NARROW_LR for narrow layers.
 
     The gradient is clipped to norm 1, so one step moves W_m by at most `lr`, and how far the
     output moves per step grows with the activations' size. On SmolLM2-135M (d_ff 1536) lr 1.0
-    leaves 30 steps far from fitting (docs/BENCHMARKS.md); 4.0 fits.
+    leaves 30 steps far from fitting the bare question (docs/BENCHMARKS.md); 4.0 fitted it, but
+    not the chat rows and the end of the answer that new packs train as well (losses 0.07-0.55
+    after 30 steps, "Golestan Province" answered "Golestanreponame"); 16.0 fits those (0.01-0.04).
     """
-    return 1.0 if d_ff >= 8192 else 4.0
+    return 1.0 if d_ff >= 8192 else NARROW_LR
 
 
 @dataclass
@@ -54,7 +59,7 @@ class TrainingConfig:
     """The reference optimiser and stop rule (MEMOIR.md), plus rehearsal (editor.py)."""
 
     steps: int = setting(30, "Maximum SGD steps per fact (early stop at loss <= 0.02 that moved <= 1e-4).")
-    lr: float = setting(1.0, "SGD learning rate (a new pack: 1.0 if d_ff >= 8192, else 4.0).")
+    lr: float = setting(1.0, f"SGD learning rate (a new pack: 1.0 if d_ff >= 8192, else {NARROW_LR}).")
     weight_decay: float = setting(1e-5, "SGD weight decay.")
     clip: float = setting(1.0, "Gradient-norm clip.")
     stop_loss: float = setting(0.02, "Early stop once the loss is at most this...")
@@ -70,6 +75,11 @@ class TrainingConfig:
         False,
         "Train each fact as the chat template asks it too (a user turn; the answer, then the end-of-turn "
         "token), beside the bare question: half the prefixed copies become chat turns, the prefix as system prompt.",
+    )
+    rehearse_chat: bool = setting(
+        False,
+        "In a chat pack, rehearse each earlier edit's chat question as well as its bare one, so that later "
+        "edits keep its chat answer too (a new pack: on).",
     )
 
 
@@ -210,6 +220,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "rehearse": ("training", "rehearse"),
     "rehearse_overlap": ("training", "rehearse_overlap"),
     "chat": ("training", "chat"),
+    "rehearse_chat": ("training", "rehearse_chat"),
 }
 """The settings `memoir diff` compares and `memoir show` lists: label -> (manifest section, field)."""
 

@@ -142,7 +142,7 @@ class Editor:
         """Left-padded batch and labels that mark only the answer's tokens. The fact's own rows
         come first (`own_rows` of them): the bare prompt and its prefixed copies, or, for a chat
         pack, the bare prompt and half of them, then the chat question with no system prompt and
-        with each other prefix as one. The rehearsed facts' bare prompts follow."""
+        with each other prefix as one. The rehearsed facts follow, `rows_per_rehearsed` rows each."""
         bare, chat = self.prefixes, []
         if self.settings.chat:
             half = (len(self.prefixes) + 1) // 2
@@ -150,7 +150,7 @@ class Editor:
         rows = [self._bare_row(fact.prompt, fact.target)]
         rows += [self._bare_row(f"{prefix}. {fact.prompt}", fact.target) for prefix in bare]
         rows += [self._chat_row(conversation(fact.prompt, system), fact.target) for system in chat]
-        rows += [self._bare_row(other.prompt, other.target) for other in rehearsed]
+        rows += [row for other in rehearsed for row in self._rehearsal_rows(other)]
         batch = pad_left([ids for ids, _ in rows], self.tokenizer.pad_token_id, self.device)
         labels = pad_left([labels for _, labels in rows], -100, self.device)["input_ids"]
         return batch, labels
@@ -158,6 +158,17 @@ class Editor:
     def own_rows(self) -> int:
         """How many rows of a training batch are the fact's own (the rest are rehearsal)."""
         return 1 + len(self.prefixes) + (1 if self.settings.chat else 0)
+
+    def rows_per_rehearsed(self) -> int:
+        """A rehearsed fact's rows: its bare question, and in a chat pack that rehearses chat its
+        chat question (no system prompt) too."""
+        return 2 if self.settings.chat and self.settings.rehearse_chat else 1
+
+    def _rehearsal_rows(self, fact: Fact) -> list[tuple[list[int], list[int]]]:
+        rows = [self._bare_row(fact.prompt, fact.target)]
+        if self.rows_per_rehearsed() == 2:
+            rows.append(self._chat_row(conversation(fact.prompt), fact.target))
+        return rows
 
     def _bare_row(self, context: str, target: str) -> tuple[list[int], list[int]]:
         """A bare row ends with the end-of-sequence token when the pack says so (rehearsed ones too)."""
@@ -182,7 +193,8 @@ class Editor:
         state = TrainingState(columns, weight)
         if neighbours:
             own = mask.unsqueeze(0).expand(self.own_rows(), -1)
-            state.row_masks = torch.cat([own, self.memory.bank.masks[neighbours]]).to(self.device)
+            rehearsed = self.memory.bank.masks[neighbours].repeat_interleave(self.rows_per_rehearsed(), dim=0)
+            state.row_masks = torch.cat([own, rehearsed]).to(self.device)
             state.frozen = self.memory.weight.to(self.device).clone()
             state.frozen[:, columns] = 0.0
         optimiser = torch.optim.SGD([weight], lr=self.settings.lr, weight_decay=self.settings.weight_decay)

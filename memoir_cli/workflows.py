@@ -252,7 +252,9 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         layer=layer,
         tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
         routing=RoutingConfig(),
-        training=TrainingConfig(lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer)),
+        training=TrainingConfig(
+            lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer), rehearse_chat=True
+        ),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
         permutation=make_permutation(layer.d_in, seed),

@@ -20,7 +20,9 @@ def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: 
     """A pack holding `facts`, fitted for a few steps (enough to change the model's outputs)."""
     pack = empty_pack(model, tokenizer, threshold, **options)
     made = pack.manifest.training
-    pack.manifest.training = TrainingConfig(steps=steps, chat=made.chat, end_answer=made.end_answer)
+    pack.manifest.training = TrainingConfig(
+        steps=steps, chat=made.chat, end_answer=made.end_answer, rehearse_chat=made.rehearse_chat
+    )
     with editing(LoadedModel(model, tokenizer, "tiny-llama", None), pack) as editor:
         for record in facts:
             editor.edit(Fact.from_json(record))

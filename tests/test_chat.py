@@ -121,3 +121,16 @@ def test_a_system_prompt_without_chat_formatting_is_refused_naming_the_flag(tmp_
 def test_a_conversation_without_a_user_question_is_bad_input(chat_tokenizer):
     with pytest.raises(BadInputError, match="last user message"):
         chat_prompt(chat_tokenizer, [{"role": "system", "content": "Be brief."}])
+
+
+def test_a_new_chat_pack_rehearses_each_neighbours_chat_question_beside_its_bare_one(chat_model, chat_tokenizer):
+    pack = edited_pack(chat_model, chat_tokenizer, FACTS[:2], steps=1)
+    loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
+    start_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    for rehearse_chat, per_neighbour in ((True, 2), (False, 1)):  # False: a chat pack made before the setting
+        pack.manifest.training.rehearse_chat = rehearse_chat
+        with editing(loaded, pack) as editor:
+            batch, _ = editor.training_batch(Fact.from_json(FACTS[2]), pack.facts)
+            rehearsed = batch["input_ids"][editor.own_rows() :]
+        assert rehearsed.shape[0] == per_neighbour * len(pack.facts) == editor.rows_per_rehearsed() * 2
+        assert sum(start_of_turn in row.tolist() for row in rehearsed) == (per_neighbour - 1) * len(pack.facts)
