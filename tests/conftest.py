@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from memoir_cli.facts import Fact
 from memoir_cli.tophash import background_prompts
 
 from .helpers import edited_pack, ok, save_pack, write_facts
@@ -206,3 +208,34 @@ def saved(model, tokenizer, tmp_path):
     pack = edited_pack(model, tokenizer, FACTS, steps=3)
     save_pack(pack, tmp_path / "pack")
     return pack, tmp_path / "pack"
+
+
+ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
+
+
+@dataclass
+class ZsrePack:
+    """The integration tests' SmolLM2-135M-Instruct pack: `first` (ZsRE records 0-19) edited by one
+    `memoir edit` run, then `later` (records 100-109, asked in test_integration_chat.py) by a second
+    run, as a nightly refresh adds a version. One pack for every test: each edit costs seconds."""
+
+    path: Path
+    first: list[Fact]
+    later: list[Fact]
+    runs: list[dict]
+
+
+@pytest.fixture(scope="session")
+def zsre_pack(tmp_path_factory) -> ZsrePack:
+    from memoir_cli.facts import read_zsre_json
+
+    facts = read_zsre_json(ZSRE, on_skip=lambda problem: None)
+    first, later = facts[:20], facts[100:110]
+    folder = tmp_path_factory.mktemp("zsre")
+    later_file = write_facts(folder / "later.jsonl", [fact.to_json() for fact in later])
+    pack = folder / "pack"
+    runs = [
+        ok("edit", ZSRE, "--format", "zsre", "--limit", 20, "--pack", pack, "--json"),
+        ok("edit", later_file, "--pack", pack, "--json"),
+    ]
+    return ZsrePack(pack, first, later, runs)

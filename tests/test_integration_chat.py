@@ -2,40 +2,25 @@
 template): questions asked through the template, with and without a system prompt, and after
 earlier turns, reach their edit and answer with the target; unrelated questions answer as before."""
 
-from pathlib import Path
-
 import pytest
 
 from memoir_cli.chat import Asking
-from memoir_cli.facts import read_zsre_json
 from memoir_cli.session import Session
 from memoir_cli.wild import cut, hits
-from memoir_cli.workflows import edit_pack
 
-ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 SYSTEM = "You are a concise assistant. Answer in one short sentence."
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def chat_pack(tmp_path_factory):
-    facts = read_zsre_json(ZSRE, on_skip=lambda problem: None)[100:110]
-    path = tmp_path_factory.mktemp("zsre-chat") / "pack"
-    edit_pack(facts, path)
-    session = Session([path])
+def chat_pack(zsre_pack):
+    session = Session([zsre_pack.path])
     assert session.packs[0].manifest.training.chat is True
-    return facts, session
+    return zsre_pack.later, session
 
 
-SHORT_OF_TARGET = pytest.mark.xfail(
-    reason="measured 8 of 10 on 2026-12-02 (issue 13 asks 9): every question reaches its edit, but under this "
-    "system prompt 'Gurley Gurley' comes back as 'Gurley' and 'Venerable' as 'Venerable 9 is ...'",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("system", [None, pytest.param(SYSTEM, marks=SHORT_OF_TARGET)])
+@pytest.mark.parametrize("system", [None, SYSTEM])
 def test_at_least_9_of_10_chat_answers_start_with_their_target(chat_pack, system):
     facts, session = chat_pack
     answers = session.answer([f.prompt for f in facts], max_new_tokens=24, asking=Asking(chat=True, system=system))
