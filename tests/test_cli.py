@@ -228,3 +228,24 @@ def test_every_option_a_library_error_names_is_a_flag_of_the_cli():
             flags.setdefault(param.name, set()).update(param.opts)
     for option in named:
         assert "--" + option.replace("_", "-") in flags.get(option, set()), option
+
+
+def test_a_command_taking_the_base_model_gets_model_device_and_dtype_as_one_group():
+    from typer.testing import CliRunner
+
+    from memoir_cli.cli._options import DEFAULT_BASE_MODEL, BaseModel, takes_base_model
+
+    seen = []
+
+    @takes_base_model
+    def command(name: str, base: BaseModel = DEFAULT_BASE_MODEL, loud: bool = False) -> None:
+        seen.append((name, base, loud))
+
+    app = typer.Typer()
+    app.command()(command)
+    app.command("other")(lambda: None)  # two commands: typer keeps the command name on the command line
+    runner = CliRunner()
+    assert runner.invoke(app, ["command", "x"]).exit_code == 0
+    assert runner.invoke(app, ["command", "y", "-m", "some/model", "--dtype", "bfloat16", "--loud"]).exit_code == 0
+    assert seen == [("x", DEFAULT_BASE_MODEL, False), ("y", BaseModel("some/model", "cpu", "bfloat16"), True)]
+    assert runner.invoke(app, ["command", "z", "--dtype", "float8"]).exit_code == 2  # choices still checked

@@ -5,9 +5,13 @@ Help texts of pack settings come from config.py, where the settings themselves a
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
+from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -67,6 +71,54 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[Dtype, typer.Option(help="Model dtype.")]
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """--model, --device and --dtype: which base model a command loads, on what, in which precision."""
+
+    model: str | None  # None: the pack's base model, else the built-in one
+    device: str
+    dtype: str
+
+
+DEFAULT_BASE_MODEL = BaseModel(None, "cpu", Dtype.float32.value)
+"""What a command gets without the options (its `base` parameter's default)."""
+
+_BASE_MODEL_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, default, annotation in (
+        ("model", DEFAULT_BASE_MODEL.model, ModelOpt),
+        ("device", DEFAULT_BASE_MODEL.device, DeviceOpt),
+        ("dtype", Dtype(DEFAULT_BASE_MODEL.dtype), DtypeOpt),
+    )
+]
+
+
+def takes_base_model(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `command` the options --model, --device and --dtype, passed to it as one `base: BaseModel`.
+
+    Typer reads a command's options from its signature (and, in older releases, its annotations),
+    so the wrapper's signature lists the three options where `command` has `base`: each command
+    declares the group once instead of three parameters every time.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    parameters: list[inspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        if parameter.name != "base":
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        else:
+            parameters.extend(_BASE_MODEL_OPTIONS)
+
+    @wraps(command)
+    def run(*args: Any, model: str | None, device: str, dtype: Dtype, **kwargs: Any) -> Any:
+        return command(*args, base=BaseModel(model, device, dtype.value), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
+    return run
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 NoWaitOpt = Annotated[
     bool, typer.Option("--no-wait", help="Fail at once (exit 5) if another process is writing the pack.")

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import MemoirError
+from ._options import BaseModel
 
 out = Console()
 err = Console(stderr=True)
@@ -126,7 +127,7 @@ def eval_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
-def model_loader(model: str | None, device: str, dtype: str):
+def model_loader(base: BaseModel):
     """Loads the base model the first time a command needs it (replaying a version, hashing prompts)."""
     cache = {}
 
@@ -136,7 +137,7 @@ def model_loader(model: str | None, device: str, dtype: str):
 
         if "model" not in cache:
             err.print("[dim]loading the base model to replay a version...[/]")
-            cache["model"] = load_model(model or model_spec_for(pack), device, dtype)
+            cache["model"] = load_model(base.model or model_spec_for(pack), base.device, base.dtype)
         return cache["model"]
 
     return load

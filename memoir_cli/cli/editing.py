@@ -10,11 +10,10 @@ from rich.table import Table
 
 from ..config import DEFAULT_CHECKPOINT_EVERY
 from ._options import (
+    DEFAULT_BASE_MODEL,
+    BaseModel,
     ChatMode,
     CheckpointEveryOpt,
-    DeviceOpt,
-    Dtype,
-    DtypeOpt,
     EditChatOpt,
     FactsFormat,
     FormatOpt,
@@ -23,7 +22,6 @@ from ._options import (
     LimitOpt,
     LrOpt,
     MessageOpt,
-    ModelOpt,
     NoWaitOpt,
     PackFolderArg,
     RehearseOpt,
@@ -35,6 +33,7 @@ from ._options import (
     ThresholdOpt,
     TopKOpt,
     _folder_not_version,
+    takes_base_model,
 )
 from ._output import edit_progress, handles_errors, out, print_json, report, say_waiting, warn_skipped
 
@@ -59,6 +58,7 @@ def validate(
 
 
 @handles_errors
+@takes_base_model
 def edit(
     facts: Annotated[Path, typer.Argument(help="Facts to add: JSONL (see schemas/fact.schema.json) or ZsRE JSON.")],
     pack: Annotated[
@@ -67,7 +67,7 @@ def edit(
             "--pack", "-p", help="Pack folder to create, or to add a version to.", callback=_folder_not_version
         ),
     ],
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     fmt: FormatOpt = FactsFormat.auto,
     skip_invalid: SkipInvalidOpt = False,
     limit: LimitOpt = None,
@@ -87,8 +87,6 @@ def edit(
     checkpoint_every: CheckpointEveryOpt = DEFAULT_CHECKPOINT_EVERY,
     snapshot_every: SnapshotEveryOpt = None,
     no_wait: NoWaitOpt = False,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Edit FACTS into the pack at --pack (created if missing) as a new version, one fact at a time.
@@ -113,14 +111,14 @@ def edit(
         rehearse=rehearse,
         rehearse_overlap=rehearse_overlap,
         chat=chat.value,
-        device=device,
-        dtype=dtype.value,
+        device=base.device,
+        dtype=base.dtype,
     )
     with edit_progress(enabled=not (as_json or dry_run)) as hooks:
         summary = edit_pack(
             records,
             pack,
-            model,
+            base.model,
             options,
             dry_run=dry_run,
             wait=not no_wait,

@@ -7,19 +7,26 @@ from typing import Annotated
 import typer
 
 from ..store import DEFAULT_GRACE_SECONDS
-from ._options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, MessageOpt, ModelOpt, NoWaitOpt, PackFolderArg
+from ._options import (
+    DEFAULT_BASE_MODEL,
+    BaseModel,
+    JsonOpt,
+    MessageOpt,
+    NoWaitOpt,
+    PackFolderArg,
+    takes_base_model,
+)
 from ._output import edit_progress, handles_errors, model_loader, report, say_waiting
 
 
 @handles_errors
+@takes_base_model
 def rollback(
     pack: PackFolderArg,
     to: Annotated[int, typer.Option("--to", min=1, help="Version whose state becomes current again.")],
     message: MessageOpt = None,
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     no_wait: NoWaitOpt = False,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Make version N's state current again (bit-identical weights and masks) as a new version.
@@ -30,20 +37,17 @@ def rollback(
     """
     from ..history import rollback as roll_back
 
-    result = roll_back(
-        pack, to, model_loader(model, device, dtype.value), message, wait=not no_wait, on_wait=say_waiting
-    )
+    result = roll_back(pack, to, model_loader(base), message, wait=not no_wait, on_wait=say_waiting)
     report(result, as_json, f"[green]rolled back[/] {pack} to version {to}'s state, as version {result.version}")
 
 
 @handles_errors
+@takes_base_model
 def rebuild(
     pack: PackFolderArg,
     message: MessageOpt = None,
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     no_wait: NoWaitOpt = False,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay the active facts from scratch into a compact memory, as a new version.
@@ -58,8 +62,8 @@ def rebuild(
     with edit_progress(enabled=not as_json) as hooks:
         result = rebuild_pack(
             pack,
-            model_loader(model, device, dtype.value),
-            dtype.value,
+            model_loader(base),
+            base.dtype,
             message,
             wait=not no_wait,
             on_wait=say_waiting,

@@ -7,11 +7,19 @@ from typing import Annotated
 
 import typer
 
-from ._options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, ModelOpt, PackFolderArg, TokenOpt
+from ._options import (
+    DEFAULT_BASE_MODEL,
+    BaseModel,
+    JsonOpt,
+    PackFolderArg,
+    TokenOpt,
+    takes_base_model,
+)
 from ._output import err, handles_errors, model_loader, print_json, say
 
 
 @handles_errors
+@takes_base_model
 def push(
     pack: PackFolderArg,
     repo_id: Annotated[str, typer.Argument(help="Hub model repo, user/name (created if missing).")],
@@ -23,9 +31,7 @@ def push(
     license: Annotated[
         str | None, typer.Option("--license", help="License id for the model card, e.g. apache-2.0.")
     ] = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     as_json: JsonOpt = False,
 ) -> None:
     """Push the pack's versions to the Hub: each version a commit tagged vN; only new versions are sent.
@@ -39,7 +45,7 @@ def push(
         if not as_json:
             err.print(f"pushed version {number} as tag v{number}", highlight=False)
 
-    loader = model_loader(model, device, dtype.value)
+    loader = model_loader(base)
     result = push_pack(
         pack, repo_id, lambda start: versions_from(Path(pack), start, loader), private, token, message, license, said
     )

@@ -8,18 +8,24 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, ModelOpt, PackArg, TokenOpt
+from ._options import (
+    DEFAULT_BASE_MODEL,
+    BaseModel,
+    JsonOpt,
+    PackArg,
+    TokenOpt,
+    takes_base_model,
+)
 from ._output import handles_errors, model_loader, out, print_json
 
 
 @handles_errors
+@takes_base_model
 def show(
     pack: PackArg,
     facts: Annotated[int, typer.Option(min=0, help="How many facts to list.")] = 10,
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     token: TokenOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a pack is: base model, settings, size and facts.
@@ -28,7 +34,7 @@ def show(
     """
     from ..history import open_pack
 
-    loaded = open_pack(pack, model_loader(model, device, dtype.value), token)
+    loaded = open_pack(pack, model_loader(base), token)
     summary = loaded.summary()
     listed = [dict(f.to_json(), active=a) for f, a in zip(loaded.facts, loaded.memory.bank.active.tolist())]
     if as_json:
@@ -85,14 +91,13 @@ def log(
 
 
 @handles_errors
+@takes_base_model
 def diff(
     a: Annotated[str, typer.Argument(help="Pack or version (PACK@N) to compare from.")],
     b: Annotated[str, typer.Argument(help="Pack or version to compare to.")],
     force: Annotated[bool, typer.Option("--force", help="Compare packs made for different base models.")] = False,
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     token: TokenOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare two packs, or two versions of one: facts added, removed and retargeted, conflicts,
@@ -104,7 +109,7 @@ def diff(
     from ..diff import diff as compare
     from ..history import open_pack
 
-    loader = model_loader(model, device, dtype.value)
+    loader = model_loader(base)
     pack_a, pack_b = open_pack(a, loader, token), open_pack(b, loader, token)
     stacked = Path(pack_a.path or a).resolve() != Path(pack_b.path or b).resolve()
     report = compare(Side(a, pack_a), Side(b, pack_b), stacked, force, loader)

@@ -14,31 +14,31 @@ from rich.table import Table
 from ..errors import BadInputError
 from ..release import AfterTarget
 from ._options import (
+    DEFAULT_BASE_MODEL,
     AfterTargetOpt,
     AskChatOpt,
+    BaseModel,
     ChatMode,
     Context,
-    DeviceOpt,
-    Dtype,
-    DtypeOpt,
     FactsFormat,
     FormatOpt,
     JsonOpt,
     LimitOpt,
-    ModelOpt,
     PacksArg,
     Protocol,
     SkipInvalidOpt,
     SystemOpt,
     TokenOpt,
+    takes_base_model,
 )
 from ._output import err, eval_progress, handles_errors, out, print_json, warn_skipped
 
 
 @handles_errors
+@takes_base_model
 def apply(
     packs: PacksArg,
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", help='JSONL file of {"prompt": ...} lines.')] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 32,
@@ -48,8 +48,6 @@ def apply(
     system: SystemOpt = None,
     after_target: AfterTargetOpt = AfterTarget.auto,
     token: TokenOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer prompts with the packs applied to the base model (interactive when no prompt is given).
@@ -60,7 +58,7 @@ def apply(
     from ..session import Session
 
     texts = list(prompt or []) + (read_prompts_jsonl(prompts) if prompts else [])
-    session = Session(packs, model, device, dtype.value, token, after_target.value)
+    session = Session(packs, base.model, base.device, base.dtype, token, after_target.value)
     asking = session.asking(chat.value, system)
     if not texts:
         _interactive(session, max_new_tokens, compare, asking)
@@ -74,8 +72,8 @@ def apply(
         table.add_column(column, overflow="fold")
     for a in answers:
         routed = f"{a.pack}:{a.edit_id}" if a.edit_id else "[dim]base model[/]"
-        base = [(a.base_output or "").strip()] if compare else []
-        row = [a.prompt, a.output.strip(), *base, routed, f"{a.overlap:.2f}"]
+        base_answer = [(a.base_output or "").strip()] if compare else []
+        row = [a.prompt, a.output.strip(), *base_answer, routed, f"{a.overlap:.2f}"]
         table.add_row(*row)
     out.print(table)
 
@@ -96,9 +94,10 @@ def _interactive(session, max_new_tokens: int, compare: bool, asking) -> None:
 
 
 @handles_errors
+@takes_base_model
 def eval_(
     packs: PacksArg,
-    model: ModelOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
     data: Annotated[
         Path | None, typer.Option(help="Records to score: facts JSONL or ZsRE JSON. Default: the packs' own facts.")
     ] = None,
@@ -131,8 +130,6 @@ def eval_(
     judge_model: Annotated[str, typer.Option(help="WILD: the judge's model name.")] = "judge",
     after_target: AfterTargetOpt = AfterTarget.auto,
     token: TokenOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = Dtype.float32,
     as_json: JsonOpt = False,
 ) -> None:
     """Score reliability, generalisation and locality (the MEMOIR paper's protocol) with routing statistics.
@@ -144,7 +141,7 @@ def eval_(
     from ..wild import Judge
 
     records = read_facts(data, fmt.value, on_skip=warn_skipped if skip_invalid else None, limit=limit) if data else None
-    session = Session(packs, model, device, dtype.value, token, after_target.value)
+    session = Session(packs, base.model, base.device, base.dtype, token, after_target.value)
     facts = (records if records is not None else session.pack_facts())[:limit]
     if not facts:
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")
