@@ -162,6 +162,11 @@ def _gen_split(facts, per_record: list[dict]) -> dict:
     return {"contested_share": sum(contested) / len(contested), "gen_agreed": mean(False), "gen_contested": mean(True)}
 
 
+def _by_context(wild: dict[str, dict]) -> dict:
+    """WILD scores per context as flat row columns: {"question": {"rel": x}} -> {"question_rel": x}."""
+    return {f"{context}_{key}": value for context, scores in wild.items() for key, value in scores.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--t", type=int, nargs="+", default=[10, 100, 1000])
@@ -209,15 +214,12 @@ def main() -> None:
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
             timed = [s for s in seconds[:size] if s == s]
             generated = {f"generated_{key}": value for key, value in result["generate"].items()}
-            wild = {
-                f"{context}_{key}": value for context, scores in result["wild"].items() for key, value in scores.items()
-            }
             row = {
                 "T": size,
                 "method": method,
                 **result["scores"],
                 **generated,
-                **wild,
+                **_by_context(result["wild"]),
                 "same_route": result["same_route"],
                 "routing": result["routing"],
                 **_gen_split(facts[:size], result["per_record"]),
@@ -226,7 +228,8 @@ def main() -> None:
             }
             rows.append(row)
             if "baseline" in result:
-                rows.append({"T": size, "method": "unedited", **result["baseline"], "seconds_per_edit": None})
+                unedited = dict(result["baseline"], **_by_context(result.get("wild_baseline", {})))
+                rows.append({"T": size, "method": "unedited", **unedited, "seconds_per_edit": None})
     groups = {
         "teacher-forced": ("rel", "gen", "loc", "avg"),
         "generated": ("generated_rel", "generated_gen", "generated_loc"),

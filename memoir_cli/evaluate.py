@@ -115,10 +115,11 @@ class EvalReport:
     baseline: dict | None = None
     generate: dict | None = None
     wild: dict | None = None  # per context ("question", "chat"): the WILD protocol's scores (wild.py)
+    wild_baseline: dict | None = None  # the same for the unedited model
 
     def summary(self) -> dict:
         report = {"records": len(self.records), "scores": self.scores, "routing": self.routing}
-        for key in ("baseline", "generate", "wild"):
+        for key in ("baseline", "generate", "wild", "wild_baseline"):
             if getattr(self, key) is not None:
                 report[key] = getattr(self, key)
         return report
@@ -215,6 +216,8 @@ def evaluate(
         report.generate = _generation_check(facts, probes, generate_fn, scorer.tokenizer, records)
     if wild_contexts:
         report.wild = wild.check(facts, probes, generate_fn, list(wild_contexts), records, judge)
+        if baseline:
+            report.wild_baseline = wild.unedited(facts, probes, generate_fn, list(wild_contexts))
     return report
 
 
@@ -238,7 +241,7 @@ def _metered(
         + n_gen
         + 2 * n_loc
         + sum(not p.target.strip() for p in probes.loc)
-        + (n_rel + n_gen if baseline else 0)
+        + ((n_rel + n_gen) * (1 + wild_contexts) if baseline else 0)
         + (n_rel + n_gen + 2 * n_loc) * (int(check_generation) + wild_contexts)
     )
     done = 0

@@ -68,9 +68,11 @@ def same_answer(edited: str, base: str) -> bool:
 
 
 def repeats(answer: str, target: str) -> bool:
-    """The target occurs twice or more in the (uncut) answer."""
+    """The target occurs twice or more in the (uncut) answer, as whole words. The occurrences are
+    counted with a lookahead, so that two in a row ("Paris Paris") share the space between them."""
     expected = normalise(target)
-    return bool(expected) and f" {normalise(answer)} ".count(f" {expected} ") >= 2
+    occurrences = re.findall(f"(?= {re.escape(expected)} )", f" {normalise(answer)} ")
+    return bool(expected) and len(occurrences) >= 2
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,33 @@ def check(
             records[index].setdefault("wild", {})[context] = row
             rows.append(row)
         report[context] = _summary(rows, judge is not None)
+    return report
+
+
+def unedited(
+    facts: list[Fact],
+    probes: ProbeSet,
+    generate: Callable[[list[str], int, bool, Asking | None], list[str]],
+    contexts: list[str],
+) -> dict[str, dict]:
+    """The unedited model's WILD scores per context, asked as `check` asks the edited one: how often
+    the base model already gives each target, the floor every editor is compared with. Its
+    locality is 1.0 by definition, since its own answer is the reference."""
+    report = {}
+    for context in contexts:
+        asking = CONTEXTS[context]
+        rel = generate([p.prompt for p in probes.rel], MAX_NEW_TOKENS, False, asking)
+        gen = generate([p.prompt for p in probes.gen], MAX_NEW_TOKENS, False, asking)
+        rows = [
+            {
+                "rel": float(hits(rel[index], fact.target)),
+                "gen": _mean([float(hits(answer, fact.target)) for answer in probes.gen_of(index, gen)]),
+                "loc": 1.0 if probes.loc_of(index, probes.loc) else None,
+                "repeats": repeats(rel[index], fact.target),
+            }
+            for index, fact in enumerate(facts)
+        ]
+        report[context] = _summary(rows, judged=False)
     return report
 
 

@@ -191,7 +191,7 @@ def test_eval_reads_zsre_records_and_limits_them(pack_dir, tmp_path):
     assert summary["records"] == 2 and summary["scores"]["gen"] is not None and summary["scores"]["loc"] is not None
     assert "scoring" not in result.stderr
     table = run("eval", pack_dir, "--data", zsre, "--limit", 2)
-    assert "Reliability" in table.stdout and "locality -> no edit" in table.stdout
+    assert "edited, teacher-forced" in table.stdout and "locality -> no edit" in table.stdout
     # The rephrasing is the edited prompt itself: it reaches the pack's edit with the same target.
     assert summary["routing"]["gen_to_same_answer"] == 1.0 and "an edit with its answer" in table.stdout
     assert "8/8 sequences" in table.stderr  # 2 prompts, 2 rephrasings, 2 locality prompts edited and unedited

@@ -6,7 +6,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from memoir_cli.wild import Judge, JudgeError, cut, hits, normalise, repeats, same_answer
+from memoir_cli.evaluate import ProbeSet
+from memoir_cli.facts import Fact
+from memoir_cli.wild import Judge, JudgeError, cut, hits, normalise, repeats, same_answer, unedited
 
 from .conftest import FACTS
 from .helpers import ok, run, write_facts
@@ -56,8 +58,28 @@ def test_repetition_is_the_target_occurring_twice_or_more():
     assert repeats("FC Porto FC FC FC Porto FC Porto", "FC Porto")
     assert repeats("The L Word L Word L Word", "The L Word")  # articles are not part of the match
     assert repeats("Pittsburgh Province Province Province Pittsburgh", "Pittsburgh")
+    assert repeats("Paris Paris", "Paris")  # two in a row share the space between them
     assert not repeats("Pittsburgh, Pennsylvania", "Pittsburgh")
     assert not repeats("Portugal", "Porto")  # whole words only
+
+
+def test_the_unedited_models_wild_scores_come_from_its_own_answers_in_each_context():
+    facts = [
+        Fact("The capital of France is", "Paris", rephrases=("France's capital is",), locality=({"prompt": "Hi"},)),
+        Fact("The capital of Zorbia is", "Zorbton", rephrases=("Zorbia's capital is",)),
+    ]
+    asked = []
+
+    def generate(prompts, max_new_tokens, edited, asking):
+        asked.append((edited, asking.chat, max_new_tokens))
+        return ["Paris. Paris is lovely." if "France" in p else "I do not know." for p in prompts]
+
+    report = unedited(facts, ProbeSet.of(facts), generate, ["question", "chat"])
+    assert set(report) == {"question", "chat"}
+    for scores in report.values():
+        assert (scores["rel"], scores["gen"], scores["loc"], scores["repetition"]) == (0.5, 0.5, 1.0, 0.5)
+    assert {edited for edited, _, _ in asked} == {False}  # never the edited model
+    assert {chat for _, chat, _ in asked} == {False, True} and {n for _, _, n in asked} == {50}
 
 
 class FakeJudge:
@@ -168,6 +190,14 @@ def test_eval_wild_with_a_judge_reports_its_verdicts_and_fails_cleanly_when_it_i
         url = fake.url
     result = run("eval", chat_pack, "--protocol", "wild", "--judge", url)
     assert result.exit_code == 7 and f"judge {url}: cannot reach it" in result.stderr
+
+
+def test_eval_wild_with_baseline_scores_the_unedited_model_in_each_context(chat_pack):
+    summary = ok("eval", chat_pack, "--protocol", "wild", "--context", "both", "--baseline", "--json")
+    assert set(summary["wild_baseline"]) == {"question", "chat"}
+    assert all(scores["loc"] == 1.0 for scores in summary["wild_baseline"].values())
+    table = run("eval", chat_pack, "--protocol", "wild", "--baseline")
+    assert table.exit_code == 0 and "unedited, WILD, question" in table.stdout
 
 
 def test_wild_options_without_the_wild_protocol_are_refused(chat_pack):

@@ -174,27 +174,38 @@ def _render_eval(report, thresholds: list[float]) -> None:
     def fmt_score(value) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    scores = Table(title=f"memoir eval: {len(report.records)} record(s)")
-    columns = [("edited (teacher-forced)", report.scores)]
+    lines = [("edited, teacher-forced", report.scores)]
     if report.baseline is not None:
-        columns.append(("unedited model", report.baseline))
+        lines.append(("unedited, teacher-forced", report.baseline))
     if report.generate is not None:
-        columns.append(("edited (greedy generation)", report.generate))
+        lines.append(("edited, greedy generation", report.generate))
     for context, values in (report.wild or {}).items():
-        columns.append((f"WILD, {context}", values))
-    scores.add_column("metric")
-    for title, _ in columns:
-        scores.add_column(title, justify="right")
-    for key, name in (("rel", "Reliability"), ("gen", "Generalisation"), ("loc", "Locality"), ("avg", "Average")):
-        scores.add_row(name, *(fmt_score(values[key]) for _, values in columns))
-    if report.wild:
+        lines.append((f"edited, WILD, {context}", values))
+    for context, values in (report.wild_baseline or {}).items():
+        lines.append((f"unedited, WILD, {context}", values))
+    metrics = [
+        (key, name)
         for key, name in (
-            ("repetition", "Repetition rate"),
-            ("judge_rel", "Judge: reliability"),
-            ("judge_gen", "Judge: generalisation"),
-        ):
-            if any(key in values for _, values in columns):
-                scores.add_row(name, *(fmt_score(values.get(key)) for _, values in columns))
+            ("rel", "Rel"),
+            ("gen", "Gen"),
+            ("loc", "Loc"),
+            ("avg", "Avg"),
+            ("repetition", "Repeats"),
+            ("judge_rel", "Judge Rel"),
+            ("judge_gen", "Judge Gen"),
+        )
+        if any(key in values for _, values in lines)
+    ]
+    scores = Table(
+        title=f"memoir eval: {len(report.records)} record(s)",
+        caption="Rel: reliability, Gen: generalisation, Loc: locality, Avg: their mean; "
+        "Repeats: share of answers that repeat their target",
+    )
+    scores.add_column("model, protocol", no_wrap=True)
+    for _, name in metrics:
+        scores.add_column(name, justify="right")
+    for title, values in lines:
+        scores.add_row(title, *(fmt_score(values.get(key)) for key, _ in metrics))
     out.print(scores)
     routing = report.routing
     table = Table(title=f"routing (threshold {', '.join(str(t) for t in thresholds)})")
