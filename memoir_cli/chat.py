@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
+
+
+class ChatMode(str, Enum):
+    """Whether to train (edit) or ask (apply, eval) through the chat template; auto decides from
+    the tokenizer and, for an existing pack, from how the pack was trained."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 @dataclass(frozen=True)

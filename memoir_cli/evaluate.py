@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 from torch import nn
@@ -28,6 +29,16 @@ from .memory import MemoirLinear
 from .wild import Judge
 
 LOCALITY_FALLBACK_TOKENS = 8
+
+
+class Protocol(str, Enum):
+    """How answers are scored: the paper's teacher forcing (always reported, for comparison with
+    the literature), or WILD's generated answers beside it (wild.py)."""
+
+    paper = "paper"
+    wild = "wild"
+
+
 GenerateFn = Callable[[list[str], int, bool, "Asking | None"], list[str]]
 """(prompts, max_new_tokens, edited, asking) -> greedy continuations, one per prompt."""
 

@@ -11,6 +11,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,14 @@ from typing import Any
 import jsonschema
 
 from .errors import BadInputError
+
+
+class FactsFormat(str, Enum):
+    """How a facts file is read: our JSONL, the paper's ZsRE JSON, or auto (by the file's suffix)."""
+
+    auto = "auto"
+    jsonl = "jsonl"
+    zsre = "zsre"
 
 
 @dataclass(frozen=True)
@@ -170,16 +179,20 @@ def read_zsre_json(
 
 
 def read_facts(
-    path: str | Path, fmt: str = "auto", on_skip: Callable[[str], None] | None = None, limit: int | None = None
+    path: str | Path,
+    fmt: FactsFormat | str = FactsFormat.auto,
+    on_skip: Callable[[str], None] | None = None,
+    limit: int | None = None,
 ) -> list[Fact]:
-    """Read the first `limit` (default all) facts in `fmt` ('jsonl', 'zsre', or 'auto': .json is ZsRE)."""
-    if fmt == "auto":
-        fmt = "zsre" if str(path).endswith(".json") else "jsonl"
-    if fmt == "zsre":
-        return read_zsre_json(path, on_skip, limit)
-    if fmt == "jsonl":
-        return read_facts_jsonl(path, on_skip, limit)
-    raise BadInputError(f"unknown facts format {fmt!r} (expected jsonl, zsre or auto)")
+    """Read the first `limit` (default all) facts in `fmt` (see FactsFormat: .json is ZsRE)."""
+    try:
+        fmt = FactsFormat(fmt)
+    except ValueError:
+        raise BadInputError(f"unknown facts format {fmt!r} (expected one of {', '.join(FactsFormat)})") from None
+    if fmt is FactsFormat.auto:
+        fmt = FactsFormat.zsre if str(path).endswith(".json") else FactsFormat.jsonl
+    reader = read_zsre_json if fmt is FactsFormat.zsre else read_facts_jsonl
+    return reader(path, on_skip, limit)
 
 
 def read_prompts_jsonl(path: str | Path) -> list[str]:

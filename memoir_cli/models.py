@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,16 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     name: _LLAMA_STYLE for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+class Dtype(str, Enum):
+    """The precisions a model loads in; each is the name of a torch dtype."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+DTYPES = {dtype.value: getattr(torch, dtype.value) for dtype in Dtype}
 
 
 @dataclass

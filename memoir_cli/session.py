@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batching import pad_left
-from .chat import Asking, chat_inputs, conversation, has_chat_template, require_chat_template
+from .chat import Asking, ChatMode, chat_inputs, conversation, has_chat_template, require_chat_template
 from .errors import BadInputError, ModelError
 from .evaluate import EvalReport, Progress, Scorer, evaluate
 from .facts import Fact
@@ -118,13 +118,16 @@ class Session:
             self._model = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
         return self._model
 
-    def asking(self, chat: str = "auto", system: str | None = None) -> Asking:
-        """How to ask: `chat` "on", "off", or "auto" (through the chat template when an attached
-        pack was trained in chat form and the tokenizer has a template)."""
-        template = has_chat_template(self.loaded.tokenizer)
-        if chat == "on":
+    def asking(self, chat: ChatMode | str = ChatMode.auto, system: str | None = None) -> Asking:
+        """How to ask: through the chat template or not, or auto: through it when an attached pack
+        was trained in chat form and the tokenizer has a template."""
+        mode = ChatMode(chat)
+        if mode is ChatMode.on:
             require_chat_template(self.loaded.tokenizer)
-        wanted = chat == "on" or (chat == "auto" and template and any(p.manifest.training.chat for p in self.packs))
+        trained_in_chat = any(p.manifest.training.chat for p in self.packs)
+        wanted = mode is ChatMode.on or (
+            mode is ChatMode.auto and has_chat_template(self.loaded.tokenizer) and trained_in_chat
+        )
         if system and not wanted:
             raise BadInputError("a system prompt needs the chat template", option="chat", remedy="on")
         return Asking(wanted, system)

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from .chat import Asking
@@ -131,6 +132,18 @@ class Judge:
 
 
 CONTEXTS = {"question": Asking(chat=False), "chat": Asking(chat=True)}
+
+
+class Context(str, Enum):
+    """Where WILD asks each question: bare, through the chat template, or both (scored apart)."""
+
+    question = "question"
+    chat = "chat"
+    both = "both"
+
+    def asked(self) -> list[str]:
+        """The contexts scored, keys of CONTEXTS."""
+        return list(CONTEXTS) if self is Context.both else [self.value]
 
 
 def check(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import has_chat_template
+from .chat import ChatMode, has_chat_template
 from .config import (
     DEFAULT_CHECKPOINT_EVERY,
     RoutingConfig,
@@ -39,7 +39,7 @@ class EditOptions:
     lr: float | None = None
     rehearse: int | None = None
     rehearse_overlap: float | None = None
-    chat: str | None = None  # "auto" (a new pack: on when the tokenizer has a chat template), "on" or "off"
+    chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -284,8 +284,9 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
             setattr(pack.manifest.training, key, getattr(options, key))
-    if options.chat in ("on", "off"):  # "auto" keeps what the pack was made with
-        pack.manifest.training.chat = options.chat == "on"
+    chat = ChatMode(options.chat or ChatMode.auto)
+    if chat is not ChatMode.auto:  # auto keeps what the pack was made with
+        pack.manifest.training.chat = chat is ChatMode.on
     return (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training)) != before
 
 

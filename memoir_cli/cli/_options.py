@@ -8,45 +8,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..chat import ChatMode
 from ..config import LayerConfig, RoutingConfig, TopHashConfig, TrainingConfig, help_for
+from ..facts import FactsFormat
+from ..models import Dtype
 from ..refs import local_ref
 from ..release import AfterTarget
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class ChatMode(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Protocol(str, Enum):
-    paper = "paper"
-    wild = "wild"
-
-
-class Context(str, Enum):
-    question = "question"
-    chat = "chat"
-    both = "both"
-
-
-class FactsFormat(str, Enum):
-    auto = "auto"
-    jsonl = "jsonl"
-    zsre = "zsre"
 
 
 def _folder_not_version(value: Path | str) -> Path | str:

@@ -8,14 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..chat import ChatMode
 from ..config import DEFAULT_CHECKPOINT_EVERY
+from ..facts import FactsFormat
 from ._options import (
     DEFAULT_BASE_MODEL,
     BaseModel,
-    ChatMode,
     CheckpointEveryOpt,
     EditChatOpt,
-    FactsFormat,
     FormatOpt,
     JsonOpt,
     LayerOpt,

@@ -11,21 +11,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..chat import ChatMode
 from ..errors import BadInputError
+from ..evaluate import Protocol
+from ..facts import FactsFormat
 from ..release import AfterTarget
+from ..wild import Context
 from ._options import (
     DEFAULT_BASE_MODEL,
     AfterTargetOpt,
     AskChatOpt,
     BaseModel,
-    ChatMode,
-    Context,
-    FactsFormat,
     FormatOpt,
     JsonOpt,
     LimitOpt,
     PacksArg,
-    Protocol,
     SkipInvalidOpt,
     SystemOpt,
     TokenOpt,
@@ -147,9 +147,7 @@ def eval_(
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")
     if protocol is Protocol.paper and (judge or context is not Context.question):
         raise BadInputError("--context and --judge belong to the WILD protocol: add --protocol wild")
-    contexts = (
-        (["question", "chat"] if context is Context.both else [context.value]) if protocol is Protocol.wild else []
-    )
+    contexts = context.asked() if protocol is Protocol.wild else []
     referee = Judge(judge, judge_model, os.environ.get("MEMOIR_JUDGE_API_KEY")) if judge else None
     with eval_progress(enabled=not as_json) as on_progress:
         report = session.evaluate(
