@@ -34,6 +34,7 @@ from .pack import Pack, write_data_files
 from .refs import HubRef, PackRef, parse_ref
 from .store import (
     NotStoredError,
+    WriteOptions,
     commit,
     head_version,
     load_pack,
@@ -280,12 +281,10 @@ def rollback(
     path: str | Path,
     to: int,
     model_loader: ModelLoader,
-    message: str | None = None,
-    wait: bool = True,
-    on_wait: Callable[[str], None] | None = None,
+    write: WriteOptions = WriteOptions(),
 ) -> NewVersion:
     """Make version `to`'s state current again, as a new version."""
-    with writing(path, wait=wait, on_wait=on_wait) as path:
+    with writing(path, write) as path:
         head = head_version(path)
         if to == head:
             raise BadInputError(f"{path}: version {to} is already the current version")
@@ -293,7 +292,7 @@ def rollback(
         target = open_pack(PackRef(path, to), model_loader)
         record = edit_record(
             "rollback",
-            message,
+            write.message,
             [["restore", to]],
             [],
             restored=to,
@@ -308,14 +307,12 @@ def rebuild(
     path: str | Path,
     model_loader: ModelLoader,
     dtype: str,
-    message: str | None = None,
-    wait: bool = True,
-    on_wait: Callable[[str], None] | None = None,
+    write: WriteOptions = WriteOptions(),
     on_start: Callable[[int], None] | None = None,
     on_fact: Callable[[int, object], None] | None = None,
 ) -> NewVersion:
     """Replay the active facts, in order, into an empty memory (dropping reverted and replaced edits)."""
-    with writing(path, wait=wait, on_wait=on_wait) as path:
+    with writing(path, write) as path:
         current = load_pack(path)
         active = current.active_facts()
         loaded = model_loader(current)
@@ -329,7 +326,7 @@ def rebuild(
                     on_fact(number, result)
         record = edit_record(
             "rebuild",
-            message,
+            write.message,
             [["reset"]] + [["edit", f.id] for f in active],
             active,
             change=weight_change(current.memory.weight, pack.memory.weight),

@@ -28,7 +28,7 @@ from .card import model_card
 from .errors import BadInputError, HubError, PackBusyError, PackError
 from .pack import CARD_FILE, MANIFEST, Pack, write_data_files
 from .refs import HubRef, PackRef, parse_ref
-from .store import head_version, pack_lock, read_record, write_atomic
+from .store import WriteOptions, head_version, pack_lock, read_record, write_atomic
 
 TAG = re.compile(r"^v(\d+)$")
 PACK_FILES = ["manifest.json", "README.md", "*.safetensors", "facts.jsonl", "versions/*.json"]
@@ -170,7 +170,7 @@ def remember_scores(pack_path: Path, version: int, summary: dict, data: str | No
     convenience: while another process writes the pack they are not kept (and never half-written)."""
     record = {"version": version, "data": data, "records": summary["records"], "scores": summary["scores"]}
     try:
-        with pack_lock(pack_path, wait=False):
+        with pack_lock(pack_path, WriteOptions(wait=False)):
             write_atomic(Path(pack_path) / EVAL_FILE, json.dumps(record, indent=2) + "\n")
     except PackBusyError:
         return

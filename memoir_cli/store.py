@@ -233,11 +233,21 @@ def collect_garbage(path: Path, grace_seconds: float = DEFAULT_GRACE_SECONDS, ke
     return GcResult(str(path), removed, removed_bytes, records, sorted(versions))
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a writer makes a new version: the message recorded with it (memoir log), and what it does
+    while another process writes the pack: wait (after telling `on_wait` why) or fail at once."""
+
+    message: str | None = None
+    wait: bool = True
+    on_wait: Callable[[str], None] | None = None
+
+
 @contextmanager
-def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def pack_lock(path: str | Path, options: WriteOptions = WriteOptions()) -> Iterator[None]:
     """Serialise writers of one pack with a lock file beside it (`.NAME.lock`).
 
-    A second writer waits (after telling `on_wait` why) or, with `wait=False`, fails at once.
+    A second writer waits or fails at once, as `options` say.
     """
     from filelock import FileLock, Timeout
 
@@ -247,12 +257,12 @@ def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        if not wait:
+        if not options.wait:
             raise PackBusyError(
                 f"{path}: another memoir process is writing this pack; try again once it is done"
             ) from None
-        if on_wait:
-            on_wait(f"{path}: another memoir process is writing this pack; waiting for it to finish...")
+        if options.on_wait:
+            options.on_wait(f"{path}: another memoir process is writing this pack; waiting for it to finish...")
         lock.acquire()
     try:
         yield
@@ -261,12 +271,12 @@ def pack_lock(path: str | Path, wait: bool = True, on_wait: Callable[[str], None
 
 
 @contextmanager
-def writing(path: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+def writing(path: str | Path, options: WriteOptions = WriteOptions()) -> Iterator[Path]:
     """Write access to an existing pack: it is named if missing before anything (even a lock file)
     is written, then its lock is held (see pack_lock)."""
     path = Path(path)
     head_version(path)
-    with pack_lock(path, wait=wait, on_wait=on_wait):
+    with pack_lock(path, options):
         yield path
 
 

@@ -23,7 +23,16 @@ from .facts import Fact
 from .history import NewVersion, edit_record, replay_info, weight_change
 from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
 from .pack import Pack, new_pack
-from .store import commit, is_committed, load_pack, pack_lock, pause_point, refuse_foreign_folder, writing
+from .store import (
+    WriteOptions,
+    commit,
+    is_committed,
+    load_pack,
+    pack_lock,
+    pause_point,
+    refuse_foreign_folder,
+    writing,
+)
 from .tophash import background_prompts, make_permutation, prompt_features
 
 
@@ -101,16 +110,14 @@ def revert_edits(
     pack_path: str | Path,
     edit_ids: Sequence[str] = (),
     prompts: Sequence[str] = (),
-    wait: bool = True,
-    on_wait: Callable[[str], None] | None = None,
-    message: str | None = None,
+    write: WriteOptions = WriteOptions(),
 ) -> NewVersion:
     """Deactivate edits (by id, or the active edit of an exact prompt) so routing never selects them
     again, as a new version. No model is needed: the
     memory's weights do not change."""
     if not edit_ids and not prompts:
         raise BadInputError("name at least one edit to revert, by id or by prompt")
-    with writing(pack_path, wait=wait, on_wait=on_wait):
+    with writing(pack_path, write):
         pack = load_pack(pack_path)
         bank = pack.memory.bank
         active = dict(zip(bank.ids, bank.active.tolist()))
@@ -130,7 +137,7 @@ def revert_edits(
         for edit_id in reverted:
             bank.deactivate(edit_id)
         version = commit(
-            pack, Path(pack_path), edit_record("revert", message, [["deactivate", i] for i in reverted], [])
+            pack, Path(pack_path), edit_record("revert", write.message, [["deactivate", i] for i in reverted], [])
         )
     return NewVersion(str(pack_path), version, reverted=reverted)
 
@@ -149,9 +156,7 @@ def edit_pack(
     on_step: Callable[[int, Fact, int, float], None] | None = None,
     on_fact: Callable[[int, EditResult], None] | None = None,
     dry_run: bool = False,
-    wait: bool = True,
-    on_wait: Callable[[str], None] | None = None,
-    message: str | None = None,
+    write: WriteOptions = WriteOptions(),
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     snapshot_every: int | None = None,
 ) -> EditSummary:
@@ -166,14 +171,14 @@ def edit_pack(
     start = time.perf_counter()
     pack_path = Path(pack_path)
     refuse_foreign_folder(pack_path)
-    with pack_lock(pack_path, wait=wait, on_wait=on_wait):
+    with pack_lock(pack_path, write):
         existing = load_pack(pack_path) if is_committed(pack_path) else None
         if existing is not None:
             _check_fixed_settings(existing, options)
         plan = plan_edits(facts, existing)
         if dry_run:
             return EditSummary(str(pack_path), existing is None, plan, dry_run=True)
-        run = _EditRun(plan, existing, pack_path, options, message, checkpoint_every, snapshot_every)
+        run = _EditRun(plan, existing, pack_path, options, write.message, checkpoint_every, snapshot_every)
         return run.execute(model_spec, on_start, on_step, on_fact, start)
 
 

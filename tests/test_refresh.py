@@ -9,6 +9,7 @@ from filelock import FileLock
 import memoir_cli.workflows as workflows
 from memoir_cli import load_pack
 from memoir_cli.facts import Fact, read_facts
+from memoir_cli.store import WriteOptions
 from memoir_cli.workflows import plan_edits
 
 from .conftest import FACTS
@@ -78,7 +79,7 @@ def test_a_second_writer_waits_for_the_first_and_says_so(pack_dir, facts_file):
     done = threading.Event()
 
     def second_writer():
-        workflows.edit_pack(read_facts(facts_file), pack_dir, on_wait=messages.append)
+        workflows.edit_pack(read_facts(facts_file), pack_dir, write=WriteOptions(on_wait=messages.append))
         done.set()
 
     thread = threading.Thread(target=second_writer)

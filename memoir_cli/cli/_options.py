@@ -20,6 +20,7 @@ from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
 from ..release import AfterTarget
+from ..workflows import EditOptions
 
 
 def _folder_not_version(value: Path | str) -> Path | str:
@@ -58,38 +59,54 @@ class BaseModel:
 DEFAULT_BASE_MODEL = BaseModel(None, "cpu", Dtype.float32.value)
 """What a command gets without the options (its `base` parameter's default)."""
 
-_BASE_MODEL_OPTIONS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-    for name, default, annotation in (
-        ("model", DEFAULT_BASE_MODEL.model, ModelOpt),
-        ("device", DEFAULT_BASE_MODEL.device, DeviceOpt),
-        ("dtype", Dtype(DEFAULT_BASE_MODEL.dtype), DtypeOpt),
-    )
-]
+
+def _keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def takes_base_model(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give `command` the options --model, --device and --dtype, passed to it as one `base: BaseModel`.
+def option_group(
+    name: str, options: list[inspect.Parameter], build: Callable[..., Any]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator that gives a command `options`, passed to it as one parameter `name`, the value
+    `build(**options' values)`.
 
     Typer reads a command's options from its signature (and, in older releases, its annotations),
-    so the wrapper's signature lists the three options where `command` has `base`: each command
-    declares the group once instead of three parameters every time.
+    so the wrapper's signature lists the group's options where the command has `name`: a group of
+    options is declared once instead of in every command that takes it.
     """
-    signature = inspect.signature(command, eval_str=True)
-    parameters: list[inspect.Parameter] = []
-    for parameter in signature.parameters.values():
-        if parameter.name != "base":
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-        else:
-            parameters.extend(_BASE_MODEL_OPTIONS)
+    names = [option.name for option in options]
 
-    @wraps(command)
-    def run(*args: Any, model: str | None, device: str, dtype: Dtype, **kwargs: Any) -> Any:
-        return command(*args, base=BaseModel(model, device, dtype.value), **kwargs)
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name != name:
+                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            else:
+                parameters.extend(options)
 
-    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
-    return run
+        @wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            group = build(**{key: kwargs.pop(key) for key in names})
+            return command(*args, **{name: group}, **kwargs)
+
+        run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
+        return run
+
+    return decorate
+
+
+takes_base_model = option_group(
+    "base",
+    [
+        _keyword("model", DEFAULT_BASE_MODEL.model, ModelOpt),
+        _keyword("device", DEFAULT_BASE_MODEL.device, DeviceOpt),
+        _keyword("dtype", Dtype(DEFAULT_BASE_MODEL.dtype), DtypeOpt),
+    ],
+    lambda model, device, dtype: BaseModel(model, device, dtype.value),
+)
+"""--model, --device and --dtype, passed to the command as `base: BaseModel`."""
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
@@ -160,3 +177,25 @@ SnapshotEveryOpt = Annotated[
     int | None,
     typer.Option(min=1, help="Keep every N-th version's files in full (others are replayed on demand; default 10)."),
 ]
+
+
+DEFAULT_EDIT_SETTINGS = EditOptions()
+"""What `memoir edit` gets without the options: each setting the pack's, else the model's default."""
+
+takes_edit_settings = option_group(
+    "settings",
+    [
+        _keyword("layer", None, LayerOpt),
+        _keyword("top_k", None, TopKOpt),
+        _keyword("threshold", None, ThresholdOpt),
+        _keyword("steps", None, StepsOpt),
+        _keyword("lr", None, LrOpt),
+        _keyword("rehearse", None, RehearseOpt),
+        _keyword("rehearse_overlap", None, RehearseOverlapOpt),
+        _keyword("chat", ChatMode.auto, EditChatOpt),
+        _keyword("seed", None, SeedOpt),
+    ],
+    EditOptions,
+)
+"""`memoir edit`'s settings, passed to it as `settings: EditOptions` (the device and dtype are --device
+and --dtype: see takes_base_model)."""

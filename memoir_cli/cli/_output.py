@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import MemoirError
+from ..store import WriteOptions
 from ._options import BaseModel
 
 out = Console()
@@ -69,6 +70,11 @@ def say(message: str) -> None:
 
 def say_waiting(message: str) -> None:
     err.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+
+
+def writer(message: str | None = None, no_wait: bool = False) -> WriteOptions:
+    """How a command writes its version: --message, and --no-wait or else waiting with a notice."""
+    return WriteOptions(message, wait=not no_wait, on_wait=say_waiting)
 
 
 def warn_skipped(problem: str) -> None:

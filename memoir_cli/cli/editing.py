@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ..chat import ChatMode
 from ..config import DEFAULT_CHECKPOINT_EVERY
 from ..facts import FactsFormat
+from ..workflows import EditOptions
 from ._options import (
     DEFAULT_BASE_MODEL,
+    DEFAULT_EDIT_SETTINGS,
     BaseModel,
     CheckpointEveryOpt,
-    EditChatOpt,
     FormatOpt,
     JsonOpt,
-    LayerOpt,
     LimitOpt,
-    LrOpt,
     MessageOpt,
     NoWaitOpt,
     PackFolderArg,
-    RehearseOpt,
-    RehearseOverlapOpt,
-    SeedOpt,
     SkipInvalidOpt,
     SnapshotEveryOpt,
-    StepsOpt,
-    ThresholdOpt,
-    TopKOpt,
     _folder_not_version,
     takes_base_model,
+    takes_edit_settings,
 )
-from ._output import edit_progress, handles_errors, out, print_json, report, say_waiting, warn_skipped
+from ._output import edit_progress, handles_errors, out, print_json, report, warn_skipped, writer
 
 
 @handles_errors
@@ -59,6 +53,7 @@ def validate(
 
 @handles_errors
 @takes_base_model
+@takes_edit_settings
 def edit(
     facts: Annotated[Path, typer.Argument(help="Facts to add: JSONL (see schemas/fact.schema.json) or ZsRE JSON.")],
     pack: Annotated[
@@ -71,15 +66,7 @@ def edit(
     fmt: FormatOpt = FactsFormat.auto,
     skip_invalid: SkipInvalidOpt = False,
     limit: LimitOpt = None,
-    layer: LayerOpt = None,
-    top_k: TopKOpt = None,
-    threshold: ThresholdOpt = None,
-    steps: StepsOpt = None,
-    lr: LrOpt = None,
-    rehearse: RehearseOpt = None,
-    rehearse_overlap: RehearseOverlapOpt = None,
-    chat: EditChatOpt = ChatMode.auto,
-    seed: SeedOpt = None,
+    settings: EditOptions = DEFAULT_EDIT_SETTINGS,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be added, replaced and skipped; train nothing.")
     ] = False,
@@ -98,22 +85,10 @@ def edit(
     [dim]Example: memoir edit examples/facts.jsonl --pack my-pack[/]
     """
     from ..facts import read_facts
-    from ..workflows import EditOptions, edit_pack
+    from ..workflows import edit_pack
 
     records = read_facts(facts, fmt.value, on_skip=warn_skipped if skip_invalid else None, limit=limit)
-    options = EditOptions(
-        layer=layer,
-        top_k=top_k,
-        threshold=threshold,
-        seed=seed,
-        steps=steps,
-        lr=lr,
-        rehearse=rehearse,
-        rehearse_overlap=rehearse_overlap,
-        chat=chat.value,
-        device=base.device,
-        dtype=base.dtype,
-    )
+    options = dataclasses.replace(settings, device=base.device, dtype=base.dtype)
     with edit_progress(enabled=not (as_json or dry_run)) as hooks:
         summary = edit_pack(
             records,
@@ -121,9 +96,7 @@ def edit(
             base.model,
             options,
             dry_run=dry_run,
-            wait=not no_wait,
-            on_wait=say_waiting,
-            message=message,
+            write=writer(message, no_wait),
             checkpoint_every=checkpoint_every,
             snapshot_every=snapshot_every,
             **hooks,
@@ -168,7 +141,7 @@ def revert(
     """
     from ..workflows import revert_edits
 
-    result = revert_edits(pack, edit_ids or [], prompt or [], wait=not no_wait, on_wait=say_waiting, message=message)
+    result = revert_edits(pack, edit_ids or [], prompt or [], writer(message, no_wait))
     report(
         result,
         as_json,

@@ -16,7 +16,7 @@ from ._options import (
     PackFolderArg,
     takes_base_model,
 )
-from ._output import edit_progress, handles_errors, model_loader, report, say_waiting
+from ._output import edit_progress, handles_errors, model_loader, report, writer
 
 
 @handles_errors
@@ -37,7 +37,7 @@ def rollback(
     """
     from ..history import rollback as roll_back
 
-    result = roll_back(pack, to, model_loader(base), message, wait=not no_wait, on_wait=say_waiting)
+    result = roll_back(pack, to, model_loader(base), writer(message, no_wait))
     report(result, as_json, f"[green]rolled back[/] {pack} to version {to}'s state, as version {result.version}")
 
 
@@ -64,9 +64,7 @@ def rebuild(
             pack,
             model_loader(base),
             base.dtype,
-            message,
-            wait=not no_wait,
-            on_wait=say_waiting,
+            writer(message, no_wait),
             on_start=hooks["on_start"],
             on_fact=hooks["on_fact"],
         )
@@ -102,7 +100,7 @@ def gc(
     """
     from ..store import collect_garbage, writing
 
-    with writing(pack, wait=not no_wait, on_wait=say_waiting) as path:
+    with writing(pack, writer(no_wait=no_wait)) as path:
         result = collect_garbage(path, grace, keep or [])
     report(
         result,
