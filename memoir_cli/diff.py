@@ -2,9 +2,10 @@
 
 Facts are matched by prompt among the active edits: added (only in B), removed (only in A),
 retargeted (in both, with another target). A conflict is a pair of active edits whose masks overlap
-at or above tau: a prompt of one may be routed to the other. Within B, every such pair is listed
-(flagged `new` when A does not have it). When A and B are different packs, which `apply` would
-stack, pairs across them are listed too; if the two packs hash differently (another seed or layer),
+at or above tau: a prompt of one may be routed to the other. Within B, the pairs that are not
+a conflict in A are listed (new conflicts: found at a cost linear in the pack's size, see
+_new_conflicts_within). When A and B are different packs, which `apply` would stack, pairs across
+them are listed too; if the two packs hash differently (another seed or layer),
 each prompt is hashed with the other pack's settings, which needs the base model.
 """
 
@@ -23,7 +24,7 @@ from .models import LoadedModel, fingerprints_match
 from .pack import Pack
 from .tophash import prompt_features
 
-BLOCK = 1024  # bank rows compared at once
+BLOCK = 64  # edits compared with the whole bank at once ([BLOCK, n] overlaps in memory)
 
 
 @dataclass
@@ -65,8 +66,7 @@ def diff(
     ]
     a_shape, b_shape = a.pack.memory.weight.shape, b.pack.memory.weight.shape
     change = weight_change(a.pack.memory.weight, b.pack.memory.weight).to_json() if a_shape == b_shape else None
-    a_pairs = {tuple(sorted((x["a"], x["b"]))) for x in _conflicts_within(a)}
-    within = [dict(x, new=tuple(sorted((x["a"], x["b"]))) not in a_pairs) for x in _conflicts_within(b)]
+    within = _new_conflicts_within(b, a)
     result = {
         "a": a.label,
         "b": b.label,
@@ -91,23 +91,40 @@ def _fact(fact) -> dict:
     return {"id": fact.id, "prompt": fact.prompt, "target": fact.target}
 
 
-def _conflicts_within(side: Side) -> list[dict]:
-    rows = [row for row, _ in side.active()]
-    if len(rows) < 2:
-        return []
-    memory, tau = side.pack.memory, side.pack.memory.threshold
-    bank = memory.bank
-    masks = bank.masks[rows].float()
-    pairs = []
-    for start in range(0, len(rows), BLOCK):  # a block of rows at a time: n x n overlaps may not fit in memory
-        overlap = (masks[start : start + BLOCK] @ masks.T) / memory.k
-        block_rows, columns = (overlap >= tau).nonzero(as_tuple=True)
-        for i, j in zip((block_rows + start).tolist(), columns.tolist()):
-            if i < j:
-                pairs.append(
-                    {"a": bank.ids[rows[i]], "b": bank.ids[rows[j]], "overlap": round(float(overlap[i - start, j]), 4)}
-                )
-    return pairs
+def _new_conflicts_within(b: Side, a: Side) -> list[dict]:
+    """Pairs of B's active edits that overlap at or above B's tau and are not a conflict in A.
+
+    Only the edits A does not have are compared with the whole bank, one pass each, so a diff of
+    two versions costs the pack's size times what changed, never its size squared. When B routes
+    differently from A (another hash, or a lower tau), pairs of edits both have can be new too:
+    then every active edit of B is compared, and a pair of two shared edits is kept if A's own
+    masks did not reach A's tau.
+    """
+    memory, bank = b.pack.memory, b.pack.memory.bank
+    rows = [row for row, _ in b.active()]
+    in_a = {fact.id: row for row, fact in a.active()}
+    rescan = not _hash_alike(a.pack, b.pack) or memory.threshold < a.pack.memory.threshold
+    checked = rows if rescan else [row for row in rows if bank.ids[row] not in in_a]
+    active = torch.zeros(len(bank), dtype=torch.bool)
+    active[rows] = True
+    pairs: dict[tuple[int, int], float] = {}
+    for start in range(0, len(checked), BLOCK):
+        block = checked[start : start + BLOCK]
+        overlap = bank.shared(bank.rows(block)) / memory.k  # [block, n]
+        overlap[:, ~active] = -1.0
+        for i, j in (overlap >= memory.threshold).nonzero().tolist():
+            if j != block[i]:
+                pairs[(min(block[i], j), max(block[i], j))] = round(float(overlap[i, j]), 4)
+    new = [(x, y) for x, y in sorted(pairs) if not _conflict_in(a, in_a.get(bank.ids[x]), in_a.get(bank.ids[y]))]
+    return [{"a": bank.ids[x], "b": bank.ids[y], "overlap": pairs[(x, y)]} for x, y in new]
+
+
+def _conflict_in(side: Side, x: int | None, y: int | None) -> bool:
+    """Whether rows x and y of `side`'s bank (None: not there) overlap at or above its tau."""
+    if x is None or y is None:
+        return False
+    memory = side.pack.memory
+    return float(memory.overlaps(memory.bank.rows([x]))[0, y]) >= memory.threshold
 
 
 def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:
@@ -117,8 +134,7 @@ def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:
         return []
     tau = min(a.pack.memory.threshold, b.pack.memory.threshold)
     if _hash_alike(a.pack, b.pack):
-        a_masks, b_masks = a.pack.memory.bank.masks[a_rows].float(), b.pack.memory.bank.masks[b_rows].float()
-        overlap = (a_masks @ b_masks.T) / a.pack.memory.k
+        queries = a.pack.memory.bank.rows(a_rows)
     else:  # masks from different hashes do not compare: hash A's prompts the way B routes them
         if model_loader is None:
             raise PackError(
@@ -132,17 +148,19 @@ def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:
         module = loaded.model.get_submodule(b.pack.manifest.layer.path)
         chat = b.pack.manifest.training.chat
         features = prompt_features(loaded.model, loaded.tokenizer, module, prompts, chat=chat)
-        queries = b.pack.memory.query_masks(features).float()
-        overlap = (queries.cpu() @ b.pack.memory.bank.masks[b_rows].float().T) / b.pack.memory.k
-    pairs = (overlap >= tau).nonzero().tolist()
-    return [
-        {
-            "a": a.pack.memory.bank.ids[a_rows[i]],
-            "b": b.pack.memory.bank.ids[b_rows[j]],
-            "overlap": round(float(overlap[i, j]), 4),
-        }
-        for i, j in pairs
-    ]
+        queries = b.pack.memory.query_masks(features).cpu()
+    pairs = []
+    for start in range(0, len(a_rows), BLOCK):
+        overlap = b.pack.memory.overlaps(queries[start : start + BLOCK])[:, b_rows]
+        for i, j in (overlap >= tau).nonzero().tolist():
+            pairs.append(
+                {
+                    "a": a.pack.memory.bank.ids[a_rows[start + i]],
+                    "b": b.pack.memory.bank.ids[b_rows[j]],
+                    "overlap": round(float(overlap[i, j]), 4),
+                }
+            )
+    return pairs
 
 
 def _hash_alike(a: Pack, b: Pack) -> bool:

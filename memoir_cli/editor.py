@@ -121,8 +121,14 @@ class Editor:
         """The fact's TopHash mask, from the prompt's own tokens as routing will see them: the bare
         prompt, or for a chat pack the question asked through the chat template (whose masks
         bare, system-prompted and multi-turn askings all overlap best: docs/BENCHMARKS.md)."""
-        features = prompt_features(self.model, self.tokenizer, self.wrapper, [prompt], chat=self.settings.chat)
-        return self.memory.query_masks(features)[0]
+        return self.masks_for([prompt])[0]
+
+    def masks_for(self, prompts: list[str]) -> torch.Tensor:
+        """mask_for of each prompt, batched: [len(prompts), d_ff]."""
+        if not prompts:
+            return torch.zeros((0, self.memory.bank.d_ff), dtype=torch.bool)
+        features = prompt_features(self.model, self.tokenizer, self.wrapper, prompts, chat=self.settings.chat)
+        return self.memory.query_masks(features)
 
     def neighbours(self, mask: torch.Tensor) -> list[int]:
         """Bank rows of the earlier active edits this fact's columns overlap most, most similar first."""
@@ -193,7 +199,7 @@ class Editor:
         state = TrainingState(columns, weight)
         if neighbours:
             own = mask.unsqueeze(0).expand(self.own_rows(), -1)
-            rehearsed = self.memory.bank.masks[neighbours].repeat_interleave(self.rows_per_rehearsed(), dim=0)
+            rehearsed = self.memory.bank.rows(neighbours).repeat_interleave(self.rows_per_rehearsed(), dim=0)
             state.row_masks = torch.cat([own, rehearsed]).to(self.device)
             state.frozen = self.memory.weight.to(self.device).clone()
             state.frozen[:, columns] = 0.0

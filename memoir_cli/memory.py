@@ -22,7 +22,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import torch
@@ -92,6 +92,8 @@ class Routes:
     memory: torch.Tensor  # [batch] index into the wrapper's packs, -1 = no edit
     row: torch.Tensor  # [batch] row in that pack's bank, -1 = no edit
     overlap: torch.Tensor  # [batch] best overlap seen (even below the threshold)
+    placed: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """pack index -> (its rows, their masks) on the model's device (MemoirLinear._placed)."""
 
     def describe(self, packs: list[HasMemory]) -> list[dict]:
         """Per row: the pack and edit routed to (None when the base model answers) and the overlap."""
@@ -193,18 +195,29 @@ class MemoirLinear(nn.Module):
 
     def _add_delta(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         assert self.routes is not None
-        routed = self.routes.memory
-        if self._watching and self.watch is not None and self.watch.released is not None:
-            routed = routed.masked_fill(self.watch.released, -1)
-        for index in routed.unique().tolist():
+        released = self.watch.released if self._watching and self.watch is not None else None
+        for index in self.routes.memory.unique().tolist():
             if index < 0:
                 continue
-            memory = self.packs[index].memory
-            batch_rows = (routed == index).nonzero().squeeze(1)
-            masks = memory.bank.masks[self.routes.row[batch_rows]].to(device=x.device, dtype=x.dtype)
-            delta = (x[batch_rows.to(x.device)] * masks.unsqueeze(1)) @ self._weight(index, x).T
+            batch_rows, masks = self._placed(index, x)
+            if released is not None and bool(released.any()):
+                kept = ~released.to(batch_rows.device)[batch_rows]
+                batch_rows, masks = batch_rows[kept], masks[kept]
+            delta = (x[batch_rows] * masks.unsqueeze(1)) @ self._weight(index, x).T
             out = out.index_add(0, batch_rows.to(out.device), delta.to(out.dtype))
         return out
+
+    def _placed(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of this call routed to pack `index` and their edits' masks, on x's device and in
+        its dtype: unpacked from the bank once per routing decision, not at every decoding step."""
+        assert self.routes is not None
+        placed = self.routes.placed.get(index)
+        if placed is None or placed[1].device != x.device or placed[1].dtype != x.dtype:
+            batch_rows = (self.routes.memory == index).nonzero().squeeze(1)
+            masks = self.packs[index].memory.bank.rows(self.routes.row[batch_rows])
+            placed = (batch_rows.to(x.device), masks.to(device=x.device, dtype=x.dtype))
+            self.routes.placed[index] = placed
+        return placed
 
     def _weight(self, index: int, x: torch.Tensor) -> torch.Tensor:
         key = (index, x.device, x.dtype)

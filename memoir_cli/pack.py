@@ -36,7 +36,6 @@ from .errors import PackError
 from .facts import Fact, load_schema
 from .memory import MemoirLinear, ResidualMemory
 from .models import fingerprints_match, layer_fingerprint, model_config
-from .tophash import pack_masks, unpack_masks
 
 MANIFEST = "manifest.json"
 MEMORY_FILE, MASKS_FILE, BACKGROUND_FILE = "memory.safetensors", "masks.safetensors", "background.safetensors"
@@ -171,7 +170,7 @@ def write_data_files(pack: Pack, folder: Path) -> dict:
     save_file({"weight": memory.weight.contiguous()}, str(folder / MEMORY_FILE))
     save_file(
         {
-            "masks": pack_masks(memory.bank.masks).contiguous(),
+            "masks": memory.bank.packed(),
             "active": memory.bank.active.to(torch.uint8),
             "permutation": memory.permutation.to(torch.int64),
         },
@@ -218,13 +217,12 @@ def read_pack(manifest: Manifest, where: Path, file_for: Callable[[str], Path]) 
     permutation = masks_tensors["permutation"].long()
     if not torch.equal(permutation.sort().values, torch.arange(d_ff)):
         raise PackError(f"{masks_file}: 'permutation' is not a permutation of range({d_ff})")
-    masks = unpack_masks(masks_tensors["masks"], d_ff)
-    if n and not bool((masks.sum(dim=1) == k).all()):
-        raise PackError(f"{masks_file}: every mask must select exactly k={k} features")
     facts = _read_pack_facts(file_for(FACTS_FILE))
-    if len(ids) != n or len(facts) != n or [f.id for f in facts] != ids:
+    if len(ids) != n or len(facts) != n or [f.id for f in facts] != ids or len(set(ids)) != n:
         raise PackError(f"{where}: {FACTS_FILE}, the mask bank and the manifest disagree on the edits")
-    bank = MaskBank(d_ff=d_ff, masks=masks, ids=ids, active=masks_tensors["active"].bool())
+    bank = MaskBank.from_packed(d_ff, masks_tensors["masks"].numpy(), ids, masks_tensors["active"].bool())
+    if n and not bool((bank.features_per_mask() == k).all()):
+        raise PackError(f"{masks_file}: every mask must select exactly k={k} features")
     memory = ResidualMemory(
         weight=memory_tensors["weight"].float(),
         bank=bank,

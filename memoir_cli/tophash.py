@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -85,16 +84,6 @@ def prompt_features(
     finally:
         handle.remove()
     return torch.cat(captured)
-
-
-def pack_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Bool [n, d_ff] -> uint8 [n, ceil(d_ff / 8)], eight mask bits per byte."""
-    return torch.from_numpy(np.packbits(masks.cpu().numpy(), axis=1))
-
-
-def unpack_masks(packed: torch.Tensor, d_ff: int) -> torch.Tensor:
-    """The inverse of pack_masks."""
-    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=d_ff).astype(bool))
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1,8 +1,11 @@
-"""The mask bank: shared-feature counts, the best active match, its tie-break, growth and copies."""
+"""The mask bank: shared-feature counts, the best active match, its tie-break, growth and copies,
+and that the bit-packed bank routes exactly as the float matmul it replaced."""
 
+import numpy as np
+import pytest
 import torch
 
-from memoir_cli.bank import MaskBank
+from memoir_cli.bank import GROWTH, MaskBank, popcount_and, to_words
 
 
 def bank_of(rows: list[list[int]], d_ff: int = 8) -> MaskBank:
@@ -59,7 +62,7 @@ def test_an_empty_bank_matches_nothing():
 
 def test_add_returns_the_new_row_and_is_seen_by_the_next_match():
     bank = bank_of([[0, 1]])
-    bank.best_match(queries_of([[0, 1]]))  # fills the float cache
+    bank.best_match(queries_of([[0, 1]]))
     assert bank.add("late", queries_of([[0, 1]])[0]) == 1
     assert len(bank) == 2 and bank.ids == ["e0", "late"] and bank.active.tolist() == [True, True]
     assert bank.best_match(queries_of([[0, 1]]))[0].tolist() == [1]
@@ -70,4 +73,88 @@ def test_a_copy_does_not_share_state_with_the_bank():
     copy = bank.copy()
     copy.deactivate("e0")
     copy.add("more", queries_of([[2]])[0])
-    assert bank.active.tolist() == [True] and bank.ids == ["e0"] and len(bank.masks) == 1
+    assert bank.active.tolist() == [True] and bank.ids == ["e0"] and len(bank) == 1
+    assert bank.rows([0]).tolist() == [[True, True] + [False] * 6]
+
+
+def float_routing(masks: torch.Tensor, active: torch.Tensor, queries: torch.Tensor):
+    """The routing the bit-packed bank replaced: a float matmul, inactive edits at -1, and ties to the
+    most recent edit (argmax over the reversed rows)."""
+    scores = queries.float() @ masks.float().T
+    scores[:, ~active] = -1.0
+    rows = len(masks) - 1 - scores.flip(1).argmax(dim=1)
+    return rows, scores.gather(1, rows.unsqueeze(1)).squeeze(1)
+
+
+@pytest.mark.parametrize("d_ff", [8, 64, 70, 1531])
+def test_packed_routing_equals_the_float_routing_on_random_banks_with_ties_and_inactive_edits(d_ff):
+    generator = torch.Generator().manual_seed(d_ff)
+    masks = torch.rand((300, d_ff), generator=generator) < 0.3
+    masks[100:110] = masks[5]  # exact duplicates: ties, which go to the latest row
+    queries = torch.rand((9, d_ff), generator=generator) < 0.3
+    queries[0] = masks[5]
+    active = torch.rand(300, generator=generator) < 0.8
+    active[100:109], active[109] = True, False  # the latest duplicate is inactive: the tie goes to row 108
+    bank = MaskBank(d_ff, masks, [f"e{i}" for i in range(300)], active)
+    rows, counts = bank.best_match(queries)
+    expected_rows, expected_counts = float_routing(masks, active, queries)
+    assert torch.equal(rows, expected_rows) and torch.equal(counts, expected_counts)
+    assert counts.dtype == torch.float32
+    if d_ff >= 64:  # wide enough that no random mask holds all of edit 5's features
+        assert rows[0] == 108
+    assert torch.equal(bank.shared(queries), queries.float() @ masks.float().T)
+
+
+def test_the_device_popcount_equals_numpys_on_random_words():
+    generator = np.random.default_rng(0)
+    words = generator.integers(0, 2**64, size=(5, 1000), dtype=np.uint64, endpoint=False)
+    query = generator.integers(0, 2**64, size=5, dtype=np.uint64, endpoint=False)
+    words[:, 0] = np.iinfo(np.uint64).max  # every bit set: the sign bit of each int64 word too
+    query[:] = np.iinfo(np.uint64).max
+    counts = popcount_and(torch.from_numpy(words.view(np.int64)), torch.from_numpy(query.view(np.int64)))
+    expected = np.bitwise_count(words & query[:, None]).sum(axis=0)
+    assert counts.tolist() == expected.tolist() and counts[0] == 320
+
+
+def test_the_bank_keeps_bits_and_grows_geometrically_so_add_is_amortised_constant():
+    d_ff, n = 1536, 3000
+    bank = MaskBank(d_ff)
+    mask = torch.zeros(d_ff, dtype=torch.bool)
+    capacities = []
+    for number in range(n):
+        bank.add(f"e{number}", mask)
+        capacities.append(bank._words.shape[1])
+    regrowths = sum(1 for before, after in zip(capacities, capacities[1:]) if after != before)
+    copied = sum(after for before, after in zip(capacities, capacities[1:]) if after != before)
+    assert regrowths < 150 and copied < n / GROWTH * 2  # O(n) words copied in all, not O(n^2)
+    packed_bytes = n * (d_ff // 8)
+    assert packed_bytes <= bank.nbytes <= packed_bytes * (1 + GROWTH) * 1.05  # bits, not floats
+
+
+def test_masks_survive_the_round_trip_through_the_file_layout_for_widths_not_divisible_by_eight():
+    masks = torch.rand(5, 1531) > 0.5
+    bank = MaskBank(1531, masks, [f"e{i}" for i in range(5)])
+    packed = bank.packed()
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 192)
+    assert torch.equal(packed, torch.from_numpy(np.packbits(masks.numpy(), axis=1)))
+    again = MaskBank.from_packed(1531, packed.numpy(), bank.ids, bank.active)
+    assert torch.equal(again.rows(range(5)), masks) and again.features_per_mask().tolist() == masks.sum(1).tolist()
+    assert to_words(masks).shape == (5, 24)
+
+
+def test_an_edit_id_is_added_once():
+    bank = bank_of([[0]])
+    with pytest.raises(ValueError, match="already in the bank"):
+        bank.add("e0", queries_of([[1]])[0])
+
+
+def test_the_device_path_counts_as_the_cpu_path_and_extends_its_copy_as_the_bank_grows():
+    generator = torch.Generator().manual_seed(1)
+    bank = MaskBank(200, torch.rand((40, 200), generator=generator) < 0.3, [f"e{i}" for i in range(40)])
+    queries = torch.rand((3, 200), generator=generator) < 0.3
+    # The path a CUDA query takes (bank copy on the device, SWAR popcount in torch), run on the CPU here.
+    assert np.array_equal(bank._device_counts(to_words(queries), torch.device("cpu")), bank._counts(queries))
+    for number in range(40, 100):
+        bank.add(f"e{number}", torch.rand(200, generator=generator) < 0.3)
+    device_counts = bank._device_counts(to_words(queries), torch.device("cpu"))
+    assert device_counts.shape == (3, 100) and np.array_equal(device_counts, bank._counts(queries))

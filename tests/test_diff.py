@@ -2,6 +2,10 @@
 
 import pytest
 
+from memoir_cli.bank import MaskBank
+from memoir_cli.diff import Side, diff
+from memoir_cli.history import open_pack
+
 from .conftest import FACTS
 from .helpers import ok, run, write_facts
 
@@ -47,7 +51,6 @@ def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, m
     report = ok("diff", a, b, "--json")
     assert report["stacked"] is True
     assert [(c["a"], c["b"]) for c in report["conflicts"]["within_b"]] == [(FACTS[1]["id"], FACTS[2]["id"])]
-    assert report["conflicts"]["within_b"][0]["new"] is True
     assert {c["b"] for c in report["conflicts"]["across"]} == {FACTS[1]["id"], FACTS[2]["id"]}
     assert report["settings"] == [{"setting": "threshold", "a": 0.5, "b": 0.0}]
 
@@ -91,3 +94,18 @@ def test_diff_refuses_packs_of_different_base_models_unless_forced(tmp_path, mod
     result = run("diff", a, b)
     assert result.exit_code == 3 and "different base models" in result.stderr and "--force" in result.stderr
     assert ok("diff", a, b, "--force", "--model", model_dir, "--json")["same_base_model"] is False
+
+
+def test_a_new_version_is_checked_for_conflicts_only_through_the_edits_it_adds(tmp_path, model_dir, monkeypatch):
+    pack = tmp_path / "pack"
+    settings = ("--model", model_dir, "--steps", 1, "--threshold", 0.0, "--json")
+    ok("edit", write_facts(tmp_path / "1.jsonl", FACTS[:2]), "--pack", pack, *settings)
+    ok("edit", write_facts(tmp_path / "2.jsonl", FACTS[2:3]), "--pack", pack, *settings)
+    compared = []
+    original = MaskBank.rows
+    monkeypatch.setattr(MaskBank, "rows", lambda bank, rows: compared.append(list(rows)) or original(bank, rows))
+    report = diff(Side("v1", open_pack(f"{pack}@1")), Side("v2", open_pack(pack)), stacked=False)
+    pairs = [(c["a"], c["b"]) for c in report["conflicts"]["within_b"]]
+    new = FACTS[2]["id"]
+    assert sorted(pairs) == sorted([(FACTS[0]["id"], new), (FACTS[1]["id"], new)])  # not the old pair of 0 and 1
+    assert compared == [[2]]  # one pass over the bank, for the one new edit

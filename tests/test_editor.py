@@ -58,7 +58,7 @@ def test_editing_changes_only_the_columns_of_the_facts_mask_and_lowers_the_loss(
     result = editor.edit(fact)
     changed = (pack.memory.weight != 0).any(dim=0)
     assert changed.any() and not changed[~mask].any()
-    assert torch.equal(pack.memory.bank.masks[0], mask) and pack.memory.bank.ids == [fact.id]
+    assert torch.equal(pack.memory.bank.rows([0])[0], mask) and pack.memory.bank.ids == [fact.id]
     assert result.steps == 30 and result.loss < 0.9 * _unedited_loss(model, batch, labels, editor)
 
 
@@ -104,7 +104,7 @@ def test_rehearsal_matches_between_fast_and_full_and_leaves_the_facts_own_rows_a
     assert batch["input_ids"].shape[0] == 12
     frozen = pack.memory.weight.clone()
     frozen[:, columns] = 0
-    row_masks = torch.cat([mask.expand(11, -1), pack.memory.bank.masks[:1]])
+    row_masks = torch.cat([mask.expand(11, -1), pack.memory.bank.rows([0])])
     weight = (torch.randn(64, len(columns), generator=torch.Generator().manual_seed(0)) * 0.1).requires_grad_(True)
     with editor.wrapper.fitting(TrainingState(columns, weight, row_masks, frozen)):
         rehearsed_logits = model(**batch).logits

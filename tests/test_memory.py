@@ -63,6 +63,21 @@ def test_routing_is_decided_once_per_generate_call_and_kept_while_decoding(model
     assert wrapper.describe_routes()[0]["edit_id"] == FACTS[0]["id"]
 
 
+def test_routed_mask_rows_are_unpacked_once_per_call_and_kept_on_the_models_device(model, tokenizer, pack, monkeypatch):
+    wrapper = attach(model, pack)
+    unpacked, inputs = [], []
+    original_rows, original_forward = type(pack.memory.bank).rows, MemoirLinear.forward
+    monkeypatch.setattr(
+        type(pack.memory.bank), "rows", lambda bank, i: unpacked.append(len(i)) or original_rows(bank, i)
+    )
+    monkeypatch.setattr(MemoirLinear, "forward", lambda self, x: inputs.append(x) or original_forward(self, x))
+    generate(model, tokenizer, [FACTS[0]["prompt"], UNRELATED[0]], max_new_tokens=6)
+    assert len(inputs) > 1 and unpacked == [1]  # six decoding steps, one unpacking of the one routed row
+    placed_rows, placed_masks = wrapper.routes.placed[0]
+    assert placed_rows.device == placed_masks.device == inputs[-1].device
+    assert placed_masks.dtype == inputs[-1].dtype and placed_rows.tolist() == [0]
+
+
 def _count_decisions(monkeypatch) -> list:
     decisions = []
     original = MemoirLinear._decide
@@ -76,7 +91,7 @@ def _statically_edited(model, pack, row: int):
     """A copy of the model whose down-projection always adds edit `row`: W0 + W_m diag(m_row)."""
     reference = copy.deepcopy(model)
     layer = reference.get_submodule(pack.memory.layer_path)
-    mask = pack.memory.bank.masks[row].to(layer.weight.dtype)
+    mask = pack.memory.bank.rows([row])[0].to(layer.weight.dtype)
     layer.weight += pack.memory.weight.to(layer.weight.dtype) * mask
     return reference
 

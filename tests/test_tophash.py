@@ -4,9 +4,7 @@ from memoir_cli.config import default_top_k
 from memoir_cli.tophash import (
     background_prompts,
     make_permutation,
-    pack_masks,
     tophash,
-    unpack_masks,
 )
 
 
@@ -29,13 +27,6 @@ def test_mask_is_the_permuted_top_k_of_the_decentred_feature():
     # De-centring changes the winners: subtracting the background removes feature 1's lead.
     decentred = tophash(features, torch.tensor([0, -5.0, 0, 0, 0, 0, 0, 0]), 2, permutation)[0]
     assert decentred.nonzero().flatten().tolist() == [2, 4]
-
-
-def test_masks_survive_bit_packing_for_widths_not_divisible_by_eight():
-    masks = torch.rand(5, 1531) > 0.5
-    packed = pack_masks(masks)
-    assert packed.dtype == torch.uint8 and packed.shape == (5, 192)
-    assert torch.equal(unpack_masks(packed, 1531), masks)
 
 
 def test_defaults_scale_with_the_model():

@@ -52,7 +52,13 @@ def error_line(error: MemoirError) -> str:
 
 
 def print_json(document: Any) -> None:
-    out.print_json(json.dumps(document))
+    """JSON on stdout: highlighted on a terminal; plain for a script, where rich's re-parsing and
+    highlighting would cost seconds for a large pack's `show --json`."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    if out.is_terminal:
+        out.print_json(text)
+    else:
+        out.file.write(text + "\n")
 
 
 def report(result: Any, as_json: bool, line: str) -> None:
@@ -75,6 +81,10 @@ def say_waiting(message: str) -> None:
 def writer(message: str | None = None, no_wait: bool = False) -> WriteOptions:
     """How a command writes its version: --message, and --no-wait or else waiting with a notice."""
     return WriteOptions(message, wait=not no_wait, on_wait=say_waiting)
+
+
+def warn_conflict(problem: str) -> None:
+    err.print(f"[yellow]conflict[/] {problem}", highlight=False, soft_wrap=True)
 
 
 def warn_skipped(problem: str) -> None:
