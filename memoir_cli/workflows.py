@@ -17,6 +17,7 @@ from .config import (
     default_lr,
     default_top_k,
 )
+from .conflicts import Conflict, OnConflict, find_conflicts, resolve
 from .editor import EditResult, editing, generate_prefixes
 from .errors import BadInputError
 from .facts import Fact
@@ -51,6 +52,7 @@ class EditOptions:
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
     device: str = "cpu"
     dtype: str = "float32"
+    on_conflict: OnConflict | str = OnConflict.keep_both  # not stored: what this run does (conflicts.py)
 
 
 @dataclass
@@ -61,6 +63,8 @@ class EditPlan:
     replaces: dict[str, str] = field(default_factory=dict)  # new fact id -> id of the active edit it replaces
     skipped: list[str] = field(default_factory=list)  # already active with the same target
     superseded: list[str] = field(default_factory=list)  # a later line of the same input gives the prompt a new target
+    displaces: dict[str, list[str]] = field(default_factory=dict)  # on_conflict replace: new id -> edits it ends
+    conflicts: list[Conflict] = field(default_factory=list)  # found once the model is loaded (not in a dry run)
 
 
 @dataclass
@@ -103,6 +107,8 @@ class EditSummary:
             "replaces": self.plan.replaces,
             "skipped_ids": self.plan.skipped,
             "superseded_ids": self.plan.superseded,
+            "conflicts": [c.to_json() for c in self.plan.conflicts],
+            "displaces": self.plan.displaces,
         }
 
 
@@ -207,12 +213,20 @@ class _EditRun:
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)
         ops, done, before = [], [], pack.memory.weight.clone()
         with editing(loaded, pack) as editor:
+            masks = editor.masks_for([fact.prompt for fact in plan.add])
+            plan.conflicts = find_conflicts(pack.memory, pack.facts, plan.add, masks, plan.replaces)
+            policy = OnConflict(options.on_conflict)
+            plan.displaces = resolve(plan.conflicts, policy, plan.add, plan.replaces, plan.superseded)
             if on_start:
                 on_start(len(plan.add))
             for number, fact in enumerate(plan.add):
-                if fact.id in plan.replaces:
-                    pack.memory.bank.deactivate(plan.replaces[fact.id])
-                    ops.append(["deactivate", plan.replaces[fact.id]])
+                for old in [plan.replaces[fact.id]] if fact.id in plan.replaces else []:
+                    pack.memory.bank.deactivate(old)
+                    ops.append(["deactivate", old])
+                for old in plan.displaces.get(fact.id, []):
+                    if pack.memory.bank.is_active(old):  # two new facts may displace one edit
+                        pack.memory.bank.deactivate(old)
+                        ops.append(["deactivate", old])
                 report_step = (lambda s, v, n=number, f=fact: on_step(n, f, s, v)) if on_step else None
                 result = editor.edit(fact, on_step=report_step)
                 ops.append(["edit", fact.id])

@@ -16,6 +16,7 @@ import typer
 
 from ..chat import ChatMode
 from ..config import LayerConfig, RoutingConfig, TopHashConfig, TrainingConfig, help_for
+from ..conflicts import OnConflict
 from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
@@ -179,6 +180,14 @@ SnapshotEveryOpt = Annotated[
 ]
 
 
+OnConflictOpt = Annotated[
+    OnConflict,
+    typer.Option(
+        help="A new fact that the router cannot tell from an active edit (or an earlier fact) with another "
+        "answer: keep-both edits both and warns, replace deactivates the older one, fail writes nothing."
+    ),
+]
+
 DEFAULT_EDIT_SETTINGS = EditOptions()
 """What `memoir edit` gets without the options: each setting the pack's, else the model's default."""
 
@@ -194,6 +203,7 @@ takes_edit_settings = option_group(
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
         _keyword("chat", ChatMode.auto, EditChatOpt),
         _keyword("seed", None, SeedOpt),
+        _keyword("on_conflict", OnConflict.keep_both, OnConflictOpt),
     ],
     EditOptions,
 )

@@ -29,7 +29,7 @@ from ._options import (
     takes_base_model,
     takes_edit_settings,
 )
-from ._output import edit_progress, handles_errors, out, print_json, report, warn_skipped, writer
+from ._output import edit_progress, handles_errors, out, print_json, report, warn_conflict, warn_skipped, writer
 
 
 @handles_errors
@@ -102,6 +102,8 @@ def edit(
             **hooks,
         )
     report = summary.to_json()
+    for conflict in summary.plan.conflicts:
+        warn_conflict(conflict.describe())
     if as_json:
         print_json(report)
         return
@@ -111,6 +113,9 @@ def edit(
     table.add_row("to add" if dry_run else "edited", str(report["planned"] if dry_run else report["edited"]))
     table.add_row("replacing an active edit", str(report["replaced"]))
     table.add_row("skipped (already in pack)", str(report["skipped"]))
+    if report["conflicts"]:
+        action = "replaced" if settings.on_conflict == "replace" else "kept both"
+        table.add_row("conflicts (see above)", f"{len(report['conflicts'])} ({action})")
     if report["superseded_ids"]:
         table.add_row("superseded by a later line", str(len(report["superseded_ids"])))
     if not dry_run:
