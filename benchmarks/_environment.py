@@ -6,7 +6,6 @@ import datetime as dt
 import platform
 from importlib import metadata
 
-import numpy as np
 import torch
 
 
@@ -18,5 +17,4 @@ def environment() -> dict:
             name: metadata.version(name)
             for name in ("torch", "transformers", "huggingface-hub", "numpy", "safetensors", "memoir-cli")
         },
-        "numpy": np.__version__,
     }

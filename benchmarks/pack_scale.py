@@ -123,7 +123,11 @@ def main() -> None:
     }
     print(" ".join(f"{title:>10}" for title in columns))
     for r in rows:
-        print(" ".join(f"{r[key] * scale:>10.4g}" for key, scale in columns.values()))
+        print(
+            " ".join(
+                f"{r[key]:>10}" if key == "edits" else f"{r[key] * scale:>10.4g}" for key, scale in columns.values()
+            )
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2) + "\n")
 
