@@ -115,6 +115,9 @@ class MaskBank:
         """Routing never selects this edit again (its columns stay in the memory)."""
         self._active[self._row[edit_id]] = False
 
+    def row_of(self, edit_id: str) -> int:
+        return self._row[edit_id]
+
     def is_active(self, edit_id: str) -> bool:
         return bool(self._active[self._row[edit_id]])
 

@@ -98,6 +98,12 @@ class RoutingConfig:
     """When a query uses an edit."""
 
     threshold: float = setting(0.5, "Routing threshold tau: minimum mask overlap to apply an edit.")
+    auto: bool = setting(
+        False,
+        "Calibrate tau at every edit run from unrelated prompts and the edits' own variants "
+        "(a new pack: on, unless the threshold is given as a number).",
+    )
+    calibration: dict[str, Any] | None = setting(None, "The last calibration: both distributions' edges and margin.")
 
 
 @dataclass
@@ -214,6 +220,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "layer": ("layer", "path"),
     "k": ("tophash", "k"),
     "threshold": ("routing", "threshold"),
+    "threshold auto": ("routing", "auto"),
     "seed": ("tophash", "seed"),
     "steps": ("training", "steps"),
     "lr": ("training", "lr"),

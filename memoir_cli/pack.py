@@ -88,6 +88,12 @@ class Pack:
                 f"not for {_model_name(model)!r} (the edited layer's weights differ)"
             )
 
+    def routing_summary(self) -> dict:
+        """tau and how it was set: fixed, or calibrated (calibration.py) with its margins."""
+        routing = self.manifest.routing
+        calibration = {k: v for k, v in (routing.calibration or {}).items() if k not in ("histogram", "threshold")}
+        return {"pack": self.name, "threshold": routing.threshold, "auto": routing.auto, **calibration}
+
     def summary(self) -> dict:
         """What `memoir show` prints."""
         m = self.manifest
@@ -100,6 +106,7 @@ class Pack:
             "d_ff": m.layer.d_ff,
             "k": m.tophash.k,
             "threshold": m.routing.threshold,
+            "routing": self.routing_summary(),
             "seed": m.tophash.seed,
             "edits": m.counts.edits,
             "active": m.counts.active,

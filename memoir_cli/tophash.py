@@ -51,13 +51,19 @@ class _Captured(Exception):
 
 @torch.no_grad()
 def prompt_features(
-    model: nn.Module, tokenizer, layer_module: nn.Module, prompts: list[str], batch_size: int = 16, chat: bool = False
+    model: nn.Module,
+    tokenizer,
+    layer_module: nn.Module,
+    prompts: list[str],
+    batch_size: int = 16,
+    chat: bool = False,
+    system: str | None = None,
 ) -> torch.Tensor:
     """The mean edit-layer input of each prompt, [len(prompts), d_ff] in float32.
 
     Prompts run one batch at a time with left padding; the forward pass stops at the edit layer,
     since nothing above it matters here. With `chat`, each prompt is a question asked through the
-    chat template (no system prompt of its own), and the mean runs over the question's tokens only,
+    chat template (after the `system` prompt, if any), and the mean runs over the question's tokens only,
     as routing reads a chat question (chat.py).
     """
     captured: list[torch.Tensor] = []
@@ -72,7 +78,7 @@ def prompt_features(
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             if chat:
-                batch = chat_inputs(tokenizer, [conversation(p) for p in chunk], _device(model))
+                batch = chat_inputs(tokenizer, [conversation(p, system) for p in chunk], _device(model))
                 current_mask[:] = [batch.pop("routing_mask")]
             else:
                 batch = encode_left_padded(tokenizer, chunk, _device(model))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .calibration import Calibration, add_to_histogram, calibrate, unrelated_overlaps, variant_overlaps
 from .chat import ChatMode, has_chat_template
 from .config import (
     DEFAULT_CHECKPOINT_EVERY,
@@ -18,7 +19,7 @@ from .config import (
     default_top_k,
 )
 from .conflicts import Conflict, OnConflict, find_conflicts, resolve
-from .editor import EditResult, editing, generate_prefixes
+from .editor import Editor, EditResult, editing, generate_prefixes
 from .errors import BadInputError
 from .facts import Fact
 from .history import NewVersion, edit_record, replay_info, weight_change
@@ -36,6 +37,8 @@ from .store import (
 )
 from .tophash import background_prompts, make_permutation, prompt_features
 
+AUTO = "auto"
+
 
 @dataclass
 class EditOptions:
@@ -43,7 +46,7 @@ class EditOptions:
 
     layer: int | None = None
     top_k: int | None = None
-    threshold: float | None = None
+    threshold: float | str | None = None  # a number, or AUTO (calibrated at every run; a new pack's default)
     seed: int | None = None
     steps: int | None = None
     lr: float | None = None
@@ -76,6 +79,7 @@ class EditSummary:
     seconds: float = 0.0
     dry_run: bool = False
     versions: list[int] = field(default_factory=list)
+    calibration: Calibration | None = None  # the last calibration of tau this run made (auto routing)
 
     def to_json(self) -> dict:
         edited = len(self.results)
@@ -108,6 +112,7 @@ class EditSummary:
             "skipped_ids": self.plan.skipped,
             "superseded_ids": self.plan.superseded,
             "conflicts": [c.to_json() for c in self.plan.conflicts],
+            "calibration": _without_histogram(self.calibration),
             "displaces": self.plan.displaces,
         }
 
@@ -146,6 +151,10 @@ def revert_edits(
             pack, Path(pack_path), edit_record("revert", write.message, [["deactivate", i] for i in reverted], [])
         )
     return NewVersion(str(pack_path), version, reverted=reverted)
+
+
+def _without_histogram(calibration: Calibration | None) -> dict | None:
+    return None if calibration is None else {k: v for k, v in calibration.to_json().items() if k != "histogram"}
 
 
 def model_spec_for(pack: Pack) -> str:
@@ -219,6 +228,7 @@ class _EditRun:
             plan.displaces = resolve(plan.conflicts, policy, plan.add, plan.replaces, plan.superseded)
             if on_start:
                 on_start(len(plan.add))
+            variants = self._known_variants(editor, pack)
             for number, fact in enumerate(plan.add):
                 for old in [plan.replaces[fact.id]] if fact.id in plan.replaces else []:
                     pack.memory.bank.deactivate(old)
@@ -229,6 +239,8 @@ class _EditRun:
                         ops.append(["deactivate", old])
                 report_step = (lambda s, v, n=number, f=fact: on_step(n, f, s, v)) if on_step else None
                 result = editor.edit(fact, on_step=report_step)
+                if pack.manifest.routing.auto:
+                    variants = add_to_histogram(variants, variant_overlaps(editor, fact))
                 ops.append(["edit", fact.id])
                 done.append(fact)
                 summary.results.append(result)
@@ -236,12 +248,29 @@ class _EditRun:
                 if on_fact:
                     on_fact(number, result)
                 if len(done) == self.checkpoint_every and number + 1 < len(plan.add):
+                    summary.calibration = _calibrate(editor, pack, variants)
                     summary.versions.append(self._commit(pack, loaded, ops, done, before, number + 1))
                     ops, done, before = [], [], pack.memory.weight.clone()
+            if ops or self.existing is None or settings_changed:
+                summary.calibration = _calibrate(editor, pack, variants)
         if ops or self.existing is None or settings_changed:
             summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
         summary.seconds = time.perf_counter() - start
         return summary
+
+    @staticmethod
+    def _known_variants(editor: Editor, pack: Pack) -> list[int]:
+        """The variants' histogram so far; a pack that has just turned to auto measures its active
+        edits' variants once."""
+        routing = pack.manifest.routing
+        if not routing.auto:
+            return []
+        if routing.calibration is not None:
+            return list(routing.calibration["histogram"])
+        variants: list[int] = []
+        for fact in pack.active_facts():
+            variants = add_to_histogram(variants, variant_overlaps(editor, fact))
+        return variants
 
     def _commit(self, pack: Pack, loaded: LoadedModel, ops, done, before, through: int) -> int:
         record = edit_record(
@@ -270,7 +299,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         revision=loaded.revision,
         layer=layer,
         tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
-        routing=RoutingConfig(),
+        routing=RoutingConfig(auto=True),
         training=TrainingConfig(
             lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer), rehearse_chat=True
         ),
@@ -281,6 +310,16 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
     )
     _update_settings(pack, options)
     return pack
+
+
+def _calibrate(editor: Editor, pack: Pack, variants: list[int]) -> Calibration | None:
+    """With auto routing, tau for the pack as it is now (calibration.py), set in its manifest."""
+    routing = pack.manifest.routing
+    if not routing.auto:
+        return None
+    calibration = calibrate(unrelated_overlaps(editor), variants, pack.memory.k, RoutingConfig().threshold)
+    routing.threshold, routing.calibration = calibration.threshold, calibration.to_json()
+    return calibration
 
 
 def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
@@ -298,8 +337,11 @@ def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
 def _update_settings(pack: Pack, options: EditOptions) -> bool:
     """Apply the settings a pack may change (routing threshold, training); True if any changed."""
     before = (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training))
-    if options.threshold is not None:
-        pack.manifest.routing.threshold = options.threshold
+    if options.threshold == AUTO:
+        pack.manifest.routing.auto = True
+    elif options.threshold is not None:
+        routing = pack.manifest.routing
+        routing.threshold, routing.auto, routing.calibration = float(options.threshold), False, None
     for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
             setattr(pack.manifest.training, key, getattr(options, key))

@@ -5,6 +5,7 @@ import pytest
 from memoir_cli.bank import MaskBank
 from memoir_cli.diff import Side, diff
 from memoir_cli.history import open_pack
+from memoir_cli.store import read_manifest
 
 from .conftest import FACTS
 from .helpers import ok, run, write_facts
@@ -52,7 +53,11 @@ def test_diff_finds_conflicts_within_a_pack_and_across_stacked_packs(tmp_path, m
     assert report["stacked"] is True
     assert [(c["a"], c["b"]) for c in report["conflicts"]["within_b"]] == [(FACTS[1]["id"], FACTS[2]["id"])]
     assert {c["b"] for c in report["conflicts"]["across"]} == {FACTS[1]["id"], FACTS[2]["id"]}
-    assert report["settings"] == [{"setting": "threshold", "a": 0.5, "b": 0.0}]
+    calibrated = read_manifest(a).routing.threshold  # a new pack's tau is calibrated; b's is fixed at 0
+    assert report["settings"] == [
+        {"setting": "threshold", "a": calibrated, "b": 0.0},
+        {"setting": "threshold auto", "a": True, "b": False},
+    ]
 
 
 def test_diff_across_packs_with_another_seed_hashes_prompts_with_the_base_model(tmp_path, model_dir):

@@ -59,3 +59,17 @@ def test_memoir_apply_generates_each_whole_multi_token_target_batched_or_one_by_
     missed = [(f.target, a["output"]) for f, a in zip(facts, batched) if not a["output"].strip().startswith(f.target)]
     assert not missed, missed
     assert [a["output"] for a in apply(1)] == [a["output"] for a in batched]
+
+
+def test_the_calibrated_threshold_keeps_unrelated_questions_unrouted_bare_and_in_chat(zsre_pack, session):
+    """tau is calibrated (auto, a new pack's default) on built-in prompts only; ZsRE's locality
+    questions, which calibration never sees, must stay below it asked either way."""
+    from memoir_cli.chat import Asking
+
+    routing = session.packs[0].manifest.routing
+    assert routing.auto and routing.calibration is not None and routing.calibration["unrelated"] >= 200
+    questions = [f.locality[0]["prompt"] for f in zsre_pack.first + zsre_pack.later]
+    for asking in (Asking(chat=False), Asking(chat=True)):
+        answers = session.answer(questions, max_new_tokens=1, asking=asking)
+        routed = [(a.prompt, a.edit_id, a.overlap) for a in answers if a.edit_id is not None]
+        assert not routed, (routing.threshold, routed)

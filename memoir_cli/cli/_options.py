@@ -21,7 +21,7 @@ from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
 from ..release import AfterTarget
-from ..workflows import EditOptions
+from ..workflows import AUTO, EditOptions
 
 
 def _folder_not_version(value: Path | str) -> Path | str:
@@ -136,7 +136,29 @@ LimitOpt = Annotated[int | None, typer.Option(min=1, help="Only the first N reco
 LayerOpt = Annotated[int | None, typer.Option(min=0, help=help_for(LayerConfig, "index"))]
 TopKOpt = Annotated[int | None, typer.Option(min=1, help=help_for(TopHashConfig, "k"))]
 SeedOpt = Annotated[int | None, typer.Option(help=help_for(TopHashConfig, "seed"))]
-ThresholdOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help=help_for(RoutingConfig, "threshold"))]
+
+
+def _threshold(value: str | None) -> float | str | None:
+    """`auto` or a number in [0, 1]."""
+    if value is None or value == AUTO:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise typer.BadParameter(f"{number} is not in the range 0 to 1")
+    return number
+
+
+ThresholdOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_threshold,
+        metavar="auto|TAU",
+        help=f"{help_for(RoutingConfig, 'threshold')} A number fixes it; auto: {help_for(RoutingConfig, 'auto')}",
+    ),
+]
 StepsOpt = Annotated[int | None, typer.Option(min=1, help=help_for(TrainingConfig, "steps"))]
 
 

@@ -83,12 +83,13 @@ def writer(message: str | None = None, no_wait: bool = False) -> WriteOptions:
     return WriteOptions(message, wait=not no_wait, on_wait=say_waiting)
 
 
-def warn_conflict(problem: str) -> None:
-    err.print(f"[yellow]conflict[/] {problem}", highlight=False, soft_wrap=True)
+def warn(label: str, problem: str) -> None:
+    """A warning on stderr: a yellow label, then what the user should know."""
+    err.print(f"[yellow]{label}[/] {problem}", highlight=False, soft_wrap=True)
 
 
 def warn_skipped(problem: str) -> None:
-    err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+    warn("skipped", problem)
 
 
 def progress_bar(label: str, enabled: bool, *fields: TextColumn) -> Progress:

@@ -29,7 +29,7 @@ from ._options import (
     takes_base_model,
     takes_edit_settings,
 )
-from ._output import edit_progress, handles_errors, out, print_json, report, warn_conflict, warn_skipped, writer
+from ._output import edit_progress, handles_errors, out, print_json, report, warn, warn_skipped, writer
 
 
 @handles_errors
@@ -103,7 +103,10 @@ def edit(
         )
     report = summary.to_json()
     for conflict in summary.plan.conflicts:
-        warn_conflict(conflict.describe())
+        warn("conflict", conflict.describe())
+    overlap = summary.calibration.warning() if summary.calibration is not None else None
+    if overlap:
+        warn("warning", overlap)
     if as_json:
         print_json(report)
         return
@@ -116,6 +119,10 @@ def edit(
     if report["conflicts"]:
         action = "replaced" if settings.on_conflict == "replace" else "kept both"
         table.add_row("conflicts (see above)", f"{len(report['conflicts'])} ({action})")
+    if summary.calibration is not None:
+        c = summary.calibration
+        margin = f"margin {c.margin:+.2f}" if c.margin is not None else "no edits yet"
+        table.add_row("routing threshold (auto)", f"{c.threshold:.4f} ({margin})")
     if report["superseded_ids"]:
         table.add_row("superseded by a later line", str(len(report["superseded_ids"])))
     if not dry_run:

@@ -162,13 +162,21 @@ def eval_(
     session.remember_scores(packs, report, str(data) if data else None)
     if out_file:
         out_file.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    thresholds = [pack.routing_summary() for pack in session.packs]
     if as_json:
-        print_json(report.summary())
+        print_json(dict(report.summary(), thresholds=thresholds))
         return
-    _render_eval(report, [p.memory.threshold for p in session.packs])
+    _render_eval(report, thresholds)
 
 
-def _render_eval(report, thresholds: list[float]) -> None:
+def _threshold_line(routing: dict) -> str:
+    if not routing["auto"]:
+        return f"{routing['threshold']}"
+    margin = routing.get("margin")
+    return f"{routing['threshold']} auto" + (f", margin {margin:+.2f}" if margin is not None else "")
+
+
+def _render_eval(report, thresholds: list[dict]) -> None:
     def fmt_score(value) -> str:
         return "-" if value is None else f"{value:.3f}"
 
@@ -206,7 +214,7 @@ def _render_eval(report, thresholds: list[float]) -> None:
         scores.add_row(title, *(fmt_score(values.get(key)) for key, _ in metrics))
     out.print(scores)
     routing = report.routing
-    table = Table(title=f"routing (threshold {', '.join(str(t) for t in thresholds)})")
+    table = Table(title=f"routing (threshold {'; '.join(_threshold_line(t) for t in thresholds)})")
     table.add_column("prompts -> intended route", no_wrap=True)
     for column in ("share", "overlap min", "q1", "median", "q3", "max"):
         table.add_column(column, justify="right")

@@ -1,0 +1,146 @@
+"""`--threshold auto`: tau calibrated for each pack, from prompts it already has.
+
+Routing compares a prompt's best mask overlap with tau. Two distributions decide where tau
+belongs:
+- unrelated prompts (the built-in background prompts and a set of short factual questions, asked
+  bare and, in a chat pack, in chat) must stay below it: their best overlap with the pack's active
+  edits, recomputed at every edit run because every new edit can raise it;
+- each edit's own variants (its training prompts: behind the self-written prefixes, bare and in
+  chat) must reach it: their overlap with the edit's own mask, measured once when the edit is made
+  and kept as a histogram of BINS bins in the manifest, so a later run needs no earlier fact again.
+
+Separable, tau sits halfway across the gap. Overlapping, locality comes first: tau sits just above
+the highest unrelated overlap, and the calibration says how many variants fall below it and how
+much locality a tau low enough for every variant would put at risk. A ZsRE benchmark's rephrasings
+and locality questions are never among these prompts: they stay evaluation-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .tophash import background_prompts, prompt_features
+
+if TYPE_CHECKING:
+    from .editor import Editor
+    from .facts import Fact
+
+BINS = 100  # variant overlaps are kept in bins of 0.01
+
+
+@dataclass
+class Calibration:
+    """Where tau was put and why: the two distributions' edges, the margin between them and what is
+    at risk when they overlap."""
+
+    threshold: float
+    unrelated: int  # unrelated prompts scored
+    unrelated_max: float | None  # their highest best overlap (None: the pack has no active edit)
+    variants: int  # edit variants in the histogram
+    variants_min: float | None  # their lowest own overlap (the floor of its bin)
+    margin: float | None  # variants_min - unrelated_max: negative when the two overlap
+    variants_below: float  # share of variants below tau: they would miss their own edit
+    unrelated_at_variants_min: float  # share of unrelated prompts a tau at variants_min would route
+    histogram: list[int]  # variants' own overlaps, BINS bins over [0, 1]
+
+    @property
+    def overlapping(self) -> bool:
+        return self.margin is not None and self.margin <= 0
+
+    def warning(self) -> str | None:
+        """One line for the user when tau cannot separate the two distributions."""
+        if not self.overlapping:
+            return None
+        return (
+            f"routing threshold: unrelated prompts reach overlaps up to {self.unrelated_max:.2f} and edits' own "
+            f"variants go down to {self.variants_min:.2f}; tau {self.threshold:.4f} keeps locality, but "
+            f"{self.variants_below:.0%} of the variants fall below it, and a tau low enough for all of them "
+            f"would route {self.unrelated_at_variants_min:.0%} of unrelated prompts to an edit"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Calibration:
+        return cls(**document)
+
+
+def calibrate(unrelated: Sequence[float], histogram: Sequence[int], k: int, default: float) -> Calibration:
+    """tau from the unrelated prompts' best overlaps and the variants' histogram (see the module).
+
+    With no variants (an empty pack) tau is `default`; with no unrelated overlap above 0 (no active
+    edit) only the variants decide.
+    """
+    histogram = list(histogram) or [0] * BINS
+    variants = sum(histogram)
+    top = max(unrelated, default=0.0)
+    floor = next((b / BINS for b, count in enumerate(histogram) if count), None)
+    if floor is None:
+        threshold, margin = default, None
+    elif floor > top:
+        threshold, margin = round((top + floor) / 2, 4), round(floor - top, 4)
+    else:  # every possible overlap is a multiple of 1/k: half a step above the highest is above it
+        threshold, margin = round(top + 0.5 / k, 4), round(floor - top, 4)
+    below = sum(count for b, count in enumerate(histogram) if (b + 1) / BINS <= threshold)
+    at_floor = sum(o >= floor for o in unrelated) if floor is not None else 0
+    return Calibration(
+        threshold=threshold,
+        unrelated=len(unrelated),
+        unrelated_max=round(top, 4) if unrelated else None,
+        variants=variants,
+        variants_min=floor,
+        margin=margin,
+        variants_below=round(below / variants, 4) if variants else 0.0,
+        unrelated_at_variants_min=round(at_floor / len(unrelated), 4) if unrelated else 0.0,
+        histogram=histogram,
+    )
+
+
+def add_to_histogram(histogram: Sequence[int], overlaps: Sequence[float]) -> list[int]:
+    """`histogram` (BINS bins; empty: none yet) with `overlaps` counted in."""
+    counts = list(histogram) or [0] * BINS
+    for overlap in overlaps:
+        counts[min(int(overlap * BINS + 1e-9), BINS - 1)] += 1
+    return counts
+
+
+def calibration_prompts() -> list[str]:
+    """The unrelated prompts: the background prompts and short factual questions on common topics."""
+    text = resources.files("memoir_cli").joinpath("data/calibration_prompts.txt").read_text()
+    return background_prompts() + [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def variant_overlaps(editor: Editor, fact: Fact) -> list[float]:
+    """The overlaps of `fact`'s training variants with its own mask (the bank row of its id)."""
+    memory = editor.memory
+    own = memory.bank.rows([memory.bank.row_of(fact.id)]).float()  # [1, d_ff]
+    bare, systems = editor.prefixes, []
+    if editor.settings.chat:
+        half = (len(editor.prefixes) + 1) // 2
+        bare, systems = editor.prefixes[:half], editor.prefixes[half:]
+    prompts = [f"{prefix}. {fact.prompt}" for prefix in bare] + ([fact.prompt] if editor.settings.chat else [])
+    features = [_features(editor, prompts, chat=False)]
+    features += [_features(editor, [fact.prompt], chat=True, system=system) for system in systems]
+    masks = memory.query_masks(torch.cat(features)).float()
+    return (masks @ own.T / memory.k).squeeze(1).tolist()
+
+
+def unrelated_overlaps(editor: Editor) -> list[float]:
+    """Each unrelated prompt's best overlap with the pack's active edits (0 with none), asked bare
+    and, in a chat pack, in chat."""
+    prompts = calibration_prompts()
+    features = [_features(editor, prompts, chat=False)]
+    if editor.settings.chat:
+        features.append(_features(editor, prompts, chat=True))
+    _, overlaps = editor.memory.best_match(editor.memory.query_masks(torch.cat(features)))
+    return overlaps.tolist()
+
+
+def _features(editor: Editor, prompts: list[str], chat: bool, system: str | None = None) -> torch.Tensor:
+    return prompt_features(editor.model, editor.tokenizer, editor.wrapper, prompts, chat=chat, system=system)
