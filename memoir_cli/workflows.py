@@ -251,9 +251,10 @@ class _EditRun:
                     summary.calibration = _calibrate(editor, pack, variants)
                     summary.versions.append(self._commit(pack, loaded, ops, done, before, number + 1))
                     ops, done, before = [], [], pack.memory.weight.clone()
-            if ops or self.existing is None or settings_changed:
+            last_version = bool(ops) or self.existing is None or settings_changed
+            if last_version:
                 summary.calibration = _calibrate(editor, pack, variants)
-        if ops or self.existing is None or settings_changed:
+        if last_version:
             summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
         summary.seconds = time.perf_counter() - start
         return summary
