@@ -9,14 +9,18 @@ belongs:
   chat) must reach it: their overlap with the edit's own mask, measured once when the edit is made
   and kept as a histogram of BINS bins in the manifest, so a later run needs no earlier fact again.
 
-Separable, tau sits halfway across the gap. Overlapping, locality comes first: tau sits just above
-the highest unrelated overlap, and the calibration says how many variants fall below it and how
-much locality a tau low enough for every variant would put at risk. A ZsRE benchmark's rephrasings
+"Unrelated" here is the LOCALITY quantile of their best overlaps (with 400 prompts, the third
+highest): a few short chat questions ("Who was Cleopatra?") come as close to an edit as its own
+bare question does, and tau above the single highest cost generalisation (docs/BENCHMARKS.md).
+Separable, tau sits halfway across the gap. Overlapping, locality comes first: tau sits just
+above that quantile, and the calibration says how many variants fall below it and how much
+locality a tau low enough for every variant would put at risk. A ZsRE benchmark's rephrasings
 and locality questions are never among these prompts: they stay evaluation-only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from .facts import Fact
 
 BINS = 100  # variant overlaps are kept in bins of 0.01
+LOCALITY = 0.995  # the share of unrelated prompts tau keeps from every edit
 
 
 @dataclass
@@ -40,7 +45,8 @@ class Calibration:
 
     threshold: float
     unrelated: int  # unrelated prompts scored
-    unrelated_max: float | None  # their highest best overlap (None: the pack has no active edit)
+    unrelated_max: float | None  # their best overlap at the LOCALITY quantile (None: none scored)
+    unrelated_routed: float  # share of unrelated prompts at or above tau (at most 1 - LOCALITY)
     variants: int  # edit variants in the histogram
     variants_min: float | None  # their lowest own overlap (the floor of its bin)
     margin: float | None  # variants_min - unrelated_max: negative when the two overlap
@@ -57,7 +63,7 @@ class Calibration:
         if not self.overlapping:
             return None
         return (
-            f"routing threshold: unrelated prompts reach overlaps up to {self.unrelated_max:.2f} and edits' own "
+            f"routing threshold: unrelated prompts reach overlaps of {self.unrelated_max:.2f} and edits' own "
             f"variants go down to {self.variants_min:.2f}; tau {self.threshold:.4f} keeps locality, but "
             f"{self.variants_below:.0%} of the variants fall below it, and a tau low enough for all of them "
             f"would route {self.unrelated_at_variants_min:.0%} of unrelated prompts to an edit"
@@ -79,7 +85,8 @@ def calibrate(unrelated: Sequence[float], histogram: Sequence[int], k: int, defa
     """
     histogram = list(histogram) or [0] * BINS
     variants = sum(histogram)
-    top = max(unrelated, default=0.0)
+    ranked = sorted(unrelated)
+    top = ranked[math.ceil(LOCALITY * len(ranked)) - 1] if ranked else 0.0
     floor = next((b / BINS for b, count in enumerate(histogram) if count), None)
     if floor is None:
         threshold, margin = default, None
@@ -93,6 +100,7 @@ def calibrate(unrelated: Sequence[float], histogram: Sequence[int], k: int, defa
         threshold=threshold,
         unrelated=len(unrelated),
         unrelated_max=round(top, 4) if unrelated else None,
+        unrelated_routed=round(sum(o >= threshold for o in unrelated) / len(unrelated), 4) if unrelated else 0.0,
         variants=variants,
         variants_min=floor,
         margin=margin,

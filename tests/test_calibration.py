@@ -31,6 +31,13 @@ def test_overlapping_distributions_keep_locality_and_say_what_is_at_risk():
     assert warning and "33%" in warning and "50%" in warning and "0.62" in warning
 
 
+def test_tau_keeps_995_in_1000_unrelated_prompts_unrouted_not_the_single_highest():
+    unrelated = [0.40] * 396 + [0.45, 0.50, 0.55, 0.60]  # 400 prompts: the top two may reach an edit
+    calibration = calibrate(unrelated, add_to_histogram([], [0.52, 0.8]), K, 0.5)
+    assert calibration.unrelated_max == 0.50 and 0.50 < calibration.threshold < 0.52
+    assert calibration.unrelated_routed == 0.005 and calibration.variants_below == 0.0
+
+
 def test_a_single_edit_calibrates_from_its_own_variants():
     variants = add_to_histogram([], [0.70, 0.74, 0.81, 0.93, 1.0])
     calibration = calibrate([0.2] * 10, variants, K, 0.5)
