@@ -216,18 +216,15 @@ class Manifest:
 
 
 SETTINGS: dict[str, tuple[str, str]] = {
-    "base model": ("base_model", "id"),
-    "layer": ("layer", "path"),
-    "k": ("tophash", "k"),
-    "threshold": ("routing", "threshold"),
-    "threshold auto": ("routing", "auto"),
-    "seed": ("tophash", "seed"),
-    "steps": ("training", "steps"),
-    "lr": ("training", "lr"),
-    "rehearse": ("training", "rehearse"),
-    "rehearse_overlap": ("training", "rehearse_overlap"),
-    "chat": ("training", "chat"),
-    "rehearse_chat": ("training", "rehearse_chat"),
+    label: (section, name)
+    for section, fields in {
+        "base_model": {"base model": "id"},
+        "layer": {"layer": "path"},
+        "tophash": {"k": "k", "seed": "seed"},
+        "routing": {"threshold": "threshold", "threshold auto": "auto"},
+        "training": {name: name for name in ("steps", "lr", "rehearse", "rehearse_overlap", "chat", "rehearse_chat")},
+    }.items()
+    for label, name in fields.items()
 }
 """The settings `memoir diff` compares and `memoir show` lists: label -> (manifest section, field)."""
 
