@@ -85,7 +85,7 @@ def calibrate(unrelated: Sequence[float], histogram: Sequence[int], k: int, defa
     """
     histogram = list(histogram) or [0] * BINS
     variants = sum(histogram)
-    ranked = sorted(unrelated)
+    ranked = sorted(float(o) for o in unrelated)
     top = ranked[math.ceil(LOCALITY * len(ranked)) - 1] if ranked else 0.0
     floor = next((b / BINS for b, count in enumerate(histogram) if count), None)
     if floor is None:
@@ -93,14 +93,14 @@ def calibrate(unrelated: Sequence[float], histogram: Sequence[int], k: int, defa
     elif floor > top:
         threshold, margin = round((top + floor) / 2, 4), round(floor - top, 4)
     else:  # every possible overlap is a multiple of 1/k: half a step above the highest is above it
-        threshold, margin = round(top + 0.5 / k, 4), round(floor - top, 4)
+        threshold, margin = top + 0.5 / k, round(floor - top, 4)  # unrounded: 0.5 / k may be under 1e-4
     below = sum(count for b, count in enumerate(histogram) if (b + 1) / BINS <= threshold)
-    at_floor = sum(o >= floor for o in unrelated) if floor is not None else 0
+    at_floor = sum(o >= floor for o in ranked) if floor is not None else 0
     return Calibration(
         threshold=threshold,
         unrelated=len(unrelated),
         unrelated_max=round(top, 4) if unrelated else None,
-        unrelated_routed=round(sum(o >= threshold for o in unrelated) / len(unrelated), 4) if unrelated else 0.0,
+        unrelated_routed=round(sum(o >= threshold for o in ranked) / len(ranked), 4) if ranked else 0.0,
         variants=variants,
         variants_min=floor,
         margin=margin,
