@@ -83,6 +83,19 @@ def writer(message: str | None = None, no_wait: bool = False) -> WriteOptions:
     return WriteOptions(message, wait=not no_wait, on_wait=say_waiting)
 
 
+def threshold_line(routing: dict) -> str:
+    """A pack's tau for a person (Pack.routing_summary): fixed, or calibrated with its margins."""
+    if not routing["auto"]:
+        return f"{routing['threshold']} (fixed)"
+    if routing.get("margin") is None:
+        return f"{routing['threshold']:.4f} (auto, not calibrated yet)"
+    return (
+        f"{routing['threshold']:.4f} (auto, margin {routing['margin']:+.2f}: {routing['unrelated_routed']:.1%} of "
+        f"{routing['unrelated']} unrelated prompts routed, {routing['variants_below']:.1%} of {routing['variants']} "
+        "edit variants below)"
+    )
+
+
 def warn(label: str, problem: str) -> None:
     """A warning on stderr: a yellow label, then what the user should know."""
     err.print(f"[yellow]{label}[/] {problem}", highlight=False, soft_wrap=True)

@@ -16,7 +16,7 @@ from ._options import (
     TokenOpt,
     takes_base_model,
 )
-from ._output import handles_errors, model_loader, out, print_json
+from ._output import handles_errors, model_loader, out, print_json, threshold_line
 
 
 @handles_errors
@@ -42,7 +42,7 @@ def show(
         return
     table = Table(title=f"memoir pack {pack}", show_header=False)
     for key, value in summary.items():
-        table.add_row(key, str(value))
+        table.add_row(key, threshold_line(value) if key == "routing" else str(value))
     out.print(table)
     if listed:
         facts_table = Table(title=f"facts ({min(facts, len(listed))} of {len(listed)})")

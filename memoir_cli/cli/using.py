@@ -31,7 +31,7 @@ from ._options import (
     TokenOpt,
     takes_base_model,
 )
-from ._output import err, eval_progress, handles_errors, out, print_json, warn_skipped
+from ._output import err, eval_progress, handles_errors, out, print_json, threshold_line, warn_skipped
 
 
 @handles_errors
@@ -169,13 +169,6 @@ def eval_(
     _render_eval(report, thresholds)
 
 
-def _threshold_line(routing: dict) -> str:
-    if not routing["auto"]:
-        return f"{routing['threshold']}"
-    margin = routing.get("margin")
-    return f"{routing['threshold']} auto" + (f", margin {margin:+.2f}" if margin is not None else "")
-
-
 def _render_eval(report, thresholds: list[dict]) -> None:
     def fmt_score(value) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -214,7 +207,7 @@ def _render_eval(report, thresholds: list[dict]) -> None:
         scores.add_row(title, *(fmt_score(values.get(key)) for key, _ in metrics))
     out.print(scores)
     routing = report.routing
-    table = Table(title=f"routing (threshold {'; '.join(_threshold_line(t) for t in thresholds)})")
+    table = Table(title=f"routing (threshold {'; '.join(threshold_line(t) for t in thresholds)})")
     table.add_column("prompts -> intended route", no_wrap=True)
     for column in ("share", "overlap min", "q1", "median", "q3", "max"):
         table.add_column(column, justify="right")
