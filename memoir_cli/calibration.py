@@ -72,6 +72,10 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def reported(self) -> dict[str, Any]:
+        """What a user reads (--json, show, eval): everything but the histogram."""
+        return {key: value for key, value in self.to_json().items() if key != "histogram"}
+
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Calibration:
         return cls(**document)

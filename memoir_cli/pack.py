@@ -31,6 +31,7 @@ from torch import nn
 
 from ._version import __version__
 from .bank import MaskBank
+from .calibration import Calibration
 from .config import BaseModelInfo, LayerConfig, Manifest, RoutingConfig, TopHashConfig, TrainingConfig
 from .errors import PackError
 from .facts import Fact, load_schema
@@ -91,7 +92,8 @@ class Pack:
     def routing_summary(self) -> dict:
         """tau and how it was set: fixed, or calibrated (calibration.py) with its margins."""
         routing = self.manifest.routing
-        calibration = {k: v for k, v in (routing.calibration or {}).items() if k not in ("histogram", "threshold")}
+        calibration = Calibration.from_json(routing.calibration).reported() if routing.calibration else {}
+        calibration.pop("threshold", None)  # the manifest's, which it set
         return {"pack": self.name, "threshold": routing.threshold, "auto": routing.auto, **calibration}
 
     def summary(self) -> dict:

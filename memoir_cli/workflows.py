@@ -112,7 +112,7 @@ class EditSummary:
             "skipped_ids": self.plan.skipped,
             "superseded_ids": self.plan.superseded,
             "conflicts": [c.to_json() for c in self.plan.conflicts],
-            "calibration": _without_histogram(self.calibration),
+            "calibration": self.calibration.reported() if self.calibration else None,
             "displaces": self.plan.displaces,
         }
 
@@ -151,10 +151,6 @@ def revert_edits(
             pack, Path(pack_path), edit_record("revert", write.message, [["deactivate", i] for i in reverted], [])
         )
     return NewVersion(str(pack_path), version, reverted=reverted)
-
-
-def _without_histogram(calibration: Calibration | None) -> dict | None:
-    return None if calibration is None else {k: v for k, v in calibration.to_json().items() if k != "histogram"}
 
 
 def model_spec_for(pack: Pack) -> str:
@@ -230,11 +226,8 @@ class _EditRun:
                 on_start(len(plan.add))
             variants = self._known_variants(editor, pack)
             for number, fact in enumerate(plan.add):
-                for old in [plan.replaces[fact.id]] if fact.id in plan.replaces else []:
-                    pack.memory.bank.deactivate(old)
-                    ops.append(["deactivate", old])
-                for old in plan.displaces.get(fact.id, []):
-                    if pack.memory.bank.is_active(old):  # two new facts may displace one edit
+                for old in [plan.replaces.get(fact.id), *plan.displaces.get(fact.id, [])]:
+                    if old is not None and pack.memory.bank.is_active(old):  # two new facts may end one edit
                         pack.memory.bank.deactivate(old)
                         ops.append(["deactivate", old])
                 report_step = (lambda s, v, n=number, f=fact: on_step(n, f, s, v)) if on_step else None
