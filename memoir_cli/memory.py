@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -146,6 +146,7 @@ class MemoirLinear(nn.Module):
         self._detach: Callable[[], None] | None = None  # undoes what attach() added to the model
         self.watch: TargetWatch | None = None  # release.py: rows that generated their target go back to the base
         self._watching = False
+        self._allowed: frozenset[int] | None = None  # indices of the packs routing may pick; None: all
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -185,6 +186,8 @@ class MemoirLinear(nn.Module):
             return Routes(best_memory, best_row, seen)
         features = masked_mean(x, attention_mask)
         for index, pack in enumerate(self.packs):
+            if self._allowed is not None and index not in self._allowed:
+                continue
             memory = pack.memory
             rows, overlap = memory.best_match(memory.query_masks(features))
             seen = torch.maximum(seen, overlap)
@@ -249,13 +252,18 @@ class MemoirLinear(nn.Module):
             self._prompt_mask = None
 
     @contextmanager
-    def bypassed(self) -> Iterator[None]:
-        """Answer as the base model (for side-by-side comparisons) without detaching."""
-        packs, self.packs = self.packs, []
+    def limited_to(self, indices: Iterable[int]) -> Iterator[None]:
+        """Route only to the packs at `indices` (a server's `model` field picks one pack, or none)
+        without detaching: pack indices, and so routes and the target watch, stay as they are."""
+        allowed, self._allowed = self._allowed, frozenset(indices)
         try:
             yield
         finally:
-            self.packs = packs
+            self._allowed = allowed
+
+    def bypassed(self) -> AbstractContextManager[None]:
+        """Answer as the base model (for side-by-side comparisons) without detaching."""
+        return self.limited_to(())
 
     def describe_routes(self) -> list[dict]:
         """The current decision of each row: pack, edit id and overlap (see Routes.describe)."""

@@ -89,6 +89,29 @@ class Answer:
         return record
 
 
+def open_packs(
+    pack_refs: Sequence[str | Path | PackRef],
+    model_spec: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    token: str | None = None,
+) -> tuple[list[Pack], LoadedModel]:
+    """The packs `pack_refs` name and the base model they are used with: `model_spec`, else the
+    model the first pack was made for (loaded once, also to replay a version whose files are not kept)."""
+    if not pack_refs:
+        raise BadInputError("name at least one pack")
+    loaded: LoadedModel | None = None
+
+    def model_for(pack: Pack) -> LoadedModel:
+        nonlocal loaded
+        if loaded is None:
+            loaded = load_model(model_spec or model_spec_for(pack), device, dtype)
+        return loaded
+
+    packs = [open_pack(ref, model_for, token) for ref in pack_refs]
+    return packs, model_for(packs[0])
+
+
 class Session:
     """A model with packs attached, answering prompts (used by `memoir apply`)."""
 
@@ -103,20 +126,9 @@ class Session:
     ) -> None:
         """`after_target`: what a row does once it has generated its edit's target, "auto",
         "release" or "keep" (release.watch_for)."""
-        if not pack_refs:
-            raise BadInputError("name at least one pack")
-        self._model: LoadedModel | None = None
-        self.model_spec, self.device, self.dtype = model_spec, device, dtype
-        self.packs = [open_pack(ref, self.model_for, token) for ref in pack_refs]
-        self.loaded = self.model_for(self.packs[0])
+        self.packs, self.loaded = open_packs(pack_refs, model_spec, device, dtype, token)
         watch = watch_for(self.loaded.tokenizer, self.packs, after_target)
         self.wrapper = attach(self.loaded.model, *self.packs, watch=watch)
-
-    def model_for(self, pack: Pack) -> LoadedModel:
-        """The session's model (loaded once: for the first pack, or to replay a version of one)."""
-        if self._model is None:
-            self._model = load_model(self.model_spec or model_spec_for(pack), self.device, self.dtype)
-        return self._model
 
     def asking(self, chat: ChatMode | str = ChatMode.auto, system: str | None = None) -> Asking:
         """How to ask: through the chat template or not, or auto: through it when an attached pack

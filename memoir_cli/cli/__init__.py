@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .._version import __version__
-from . import editing, history, hub, inspecting, using
+from . import editing, history, hub, inspecting, serving, using
 from ._output import out
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for group in (editing, using, inspecting, history, hub):
+for group in (editing, using, serving, inspecting, history, hub):
     for name, command in group.COMMANDS.items():
         app.command(name)(command)
 

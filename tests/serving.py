@@ -1,0 +1,58 @@
+"""Running a `memoir serve` server inside a test, and raw HTTP requests to it (loopback only)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+from memoir_cli.serving.server import MemoirServer, ServeOptions
+from memoir_cli.session import open_packs
+
+
+@contextmanager
+def running(packs, options: ServeOptions, model=None) -> Iterator[MemoirServer]:
+    """A server on 127.0.0.1 and a free port, in a thread, stopped (drained) on exit."""
+    server = MemoirServer(packs, open_packs(packs, str(model) if model else None), options)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if request(server.url, "GET", "/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def request(url: str, method: str, path: str, body=None, key: str | None = None, headers=None):
+    """(status, parsed JSON or text, headers by lower-case name) of one request; `body` bytes go as they are."""
+    where = urlparse(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    sent = dict(headers or {})
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    connection.request(method, path, body=body, headers=sent)
+    response = connection.getresponse()
+    raw = response.read().decode()
+    connection.close()
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        parsed = raw
+    return response.status, parsed, {name.lower(): value for name, value in response.getheaders()}
