@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -18,23 +16,8 @@ from memoir_cli.session import open_packs
 def running(packs, options: ServeOptions, model=None) -> Iterator[MemoirServer]:
     """A server on 127.0.0.1 and a free port, in a thread, stopped (drained) on exit."""
     server = MemoirServer(packs, open_packs(packs, str(model) if model else None), options)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if request(server.url, "GET", "/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the server did not stop"
+    with server.in_background() as started:
+        yield started
 
 
 def request(url: str, method: str, path: str, body=None, key: str | None = None, headers=None):

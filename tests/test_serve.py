@@ -427,3 +427,36 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(tmp_path, pack, chat_mod
         process.wait()
     log = process.stderr.read()
     assert "draining" in log and '"event": "request"' in log
+
+
+def test_a_hub_pack_is_polled_and_its_new_version_served(tmp_path, model_dir):
+    from .fake_hub import FakeHub
+    from .test_hub import REPO, TOKEN, Shell, edit
+
+    with FakeHub(tokens={TOKEN}) as hub:
+        shell = Shell(hub, tmp_path / "home")
+        pack = tmp_path / "pack"
+        edit(pack, FACTS[:2], model_dir, tmp_path)
+        shell("push", pack, REPO)
+        command = [sys.executable, "-m", "memoir_cli", "serve", REPO, "--model", str(model_dir), "--port", "0"]
+        process = subprocess.Popen([*command, "--poll-hub", "1"], stderr=subprocess.PIPE, text=True, env=shell.env)
+        watchdog = threading.Timer(180, process.kill)
+        watchdog.start()
+        try:
+            line = ""
+            while " at http" not in line:
+                line = process.stderr.readline()
+                assert line or process.poll() is None, "the server exited before it started"
+            url = line.rsplit(" at ", 1)[1].strip().removesuffix("/v1")
+            assert request(url, "GET", "/health")[1]["packs"] == {REPO: 1}
+            edit(pack, FACTS[2:], model_dir, tmp_path)
+            shell("push", pack, REPO)
+            _wait_for(lambda: request(url, "GET", "/health")[1]["packs"] == {REPO: 2}, 30)
+            reply = request(url, "POST", COMPLETIONS, {"model": REPO, "prompt": FACTS[2]["prompt"], "max_tokens": 2})
+            assert reply[1]["choices"][0]["memoir"]["edit_id"] == FACTS[2]["id"]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        finally:
+            watchdog.cancel()
+            process.kill()
+            process.wait()

@@ -7,13 +7,16 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from ..errors import MemoirError
 from ..models import LoadedModel
 from ..pack import Pack
 from ..refs import PackRef, parse_ref
@@ -64,6 +67,7 @@ class MemoirServer:
         self.socket = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((options.host, options.port))
+        self.socket.listen(2048)  # connections wait in the backlog until uvicorn accepts them
         self._server: _DrainingServer | None = None
 
     @property
@@ -71,7 +75,7 @@ class MemoirServer:
         host, port = self.socket.getsockname()[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
-    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+    def run(self) -> None:
         """Serve until SIGTERM or SIGINT; in-flight requests finish first (up to `drain_timeout`)."""
         config = uvicorn.Config(
             self.app,
@@ -86,8 +90,6 @@ class MemoirServer:
         in_main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
         previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main else None  # uvicorn re-raises it
         try:
-            if on_ready is not None:
-                on_ready()
             self._server.run(sockets=[self.socket])
         finally:
             if in_main:
@@ -95,6 +97,24 @@ class MemoirServer:
             self.reloader.stop()
             self.engine.stop()
             log.info("stopped")
+
+    @contextmanager
+    def in_background(self, timeout: float = 60.0) -> Iterator[MemoirServer]:
+        """Run in a thread (a notebook, a test, a benchmark) until the block ends, then drain and stop."""
+        thread = threading.Thread(target=self.run, name="memoir-serve", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while self._server is None or not self._server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServeError(f"the server at {self.url} did not start")
+            time.sleep(0.02)
+        try:
+            yield self
+        finally:
+            self.stop()
+            thread.join(timeout)
+            if thread.is_alive():
+                raise ServeError(f"the server at {self.url} did not stop within {timeout:.0f} s")
 
     def stop(self) -> None:
         """What SIGTERM does, for a server run in another thread: drain, then return from run()."""
@@ -104,6 +124,10 @@ class MemoirServer:
     def _drain(self) -> None:
         self.app.state.draining = True
         log.info("draining: finishing requests in flight, refusing new ones")
+
+
+class ServeError(MemoirError):
+    """The server could not start."""
 
 
 class _DrainingServer(uvicorn.Server):
