@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -18,6 +21,26 @@ def running(packs, options: ServeOptions, model=None) -> Iterator[MemoirServer]:
     server = MemoirServer(packs, open_packs(packs, str(model) if model else None), options)
     with server.in_background() as started:
         yield started
+
+
+@contextmanager
+def serve_process(*args, env: dict) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`memoir serve ARGS... --port 0` in a process of its own: (the process, its base URL). The
+    process is killed on exit if it still runs; a hung server fails the test after two minutes."""
+    command = [sys.executable, "-m", "memoir_cli", "serve", *map(str, args), "--port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        line = ""
+        while " at http" not in line:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, "the server exited before it started"
+        yield process, line.rsplit(" at ", 1)[1].strip().removesuffix("/v1")
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
 
 
 def request(url: str, method: str, path: str, body=None, key: str | None = None, headers=None):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from memoir_cli.store import read_manifest
 
 from .conftest import FACTS
 from .helpers import ok, write_facts
-from .serving import request, running
+from .serving import request, running, serve_process
 
 KEY = "test-key"
 NEW_FACT = {"id": "f-tea", "prompt": "Which drink does the lighthouse keeper prefer?", "target": "green tea"}
@@ -399,17 +397,8 @@ def test_packs_are_loaded_and_unloaded_by_the_admin_endpoints(tmp_path, chat_mod
         assert status == 403 and "--api-key" in answer["error"]["message"]
 
 
-def test_sigterm_drains_requests_in_flight_then_exits_0(tmp_path, pack, chat_model_dir):
-    command = [sys.executable, "-m", "memoir_cli", "serve", str(pack), "--port", "0", "--max-batch", "4"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ, MEMOIR_API_KEY=KEY))
-    watchdog = threading.Timer(120, process.kill)  # a hung server fails the test instead of stalling the suite
-    watchdog.start()
-    try:
-        line = ""
-        while " at http" not in line:
-            line = process.stderr.readline()
-            assert line or process.poll() is None, "the server exited before it started"
-        url = line.rsplit(" at ", 1)[1].strip().removesuffix("/v1")
+def test_sigterm_drains_requests_in_flight_then_exits_0(pack):
+    with serve_process(pack, "--max-batch", 4, env=dict(os.environ, MEMOIR_API_KEY=KEY)) as (process, url):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
         stream = client.completions.create(
             model=STACKED, prompt="Once upon a time", temperature=0, max_tokens=200, n=4, stream=True
@@ -421,11 +410,7 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(tmp_path, pack, chat_mod
             first.choices and [c.choices[0].finish_reason for c in rest if c.choices[0].finish_reason] == ["length"] * 4
         )
         assert process.wait(timeout=60) == 0
-    finally:
-        watchdog.cancel()
-        process.kill()
-        process.wait()
-    log = process.stderr.read()
+        log = process.stderr.read()
     assert "draining" in log and '"event": "request"' in log
 
 
@@ -438,16 +423,7 @@ def test_a_hub_pack_is_polled_and_its_new_version_served(tmp_path, model_dir):
         pack = tmp_path / "pack"
         edit(pack, FACTS[:2], model_dir, tmp_path)
         shell("push", pack, REPO)
-        command = [sys.executable, "-m", "memoir_cli", "serve", REPO, "--model", str(model_dir), "--port", "0"]
-        process = subprocess.Popen([*command, "--poll-hub", "1"], stderr=subprocess.PIPE, text=True, env=shell.env)
-        watchdog = threading.Timer(180, process.kill)
-        watchdog.start()
-        try:
-            line = ""
-            while " at http" not in line:
-                line = process.stderr.readline()
-                assert line or process.poll() is None, "the server exited before it started"
-            url = line.rsplit(" at ", 1)[1].strip().removesuffix("/v1")
+        with serve_process(REPO, "--model", model_dir, "--poll-hub", 1, env=shell.env) as (process, url):
             assert request(url, "GET", "/health")[1]["packs"] == {REPO: 1}
             edit(pack, FACTS[2:], model_dir, tmp_path)
             shell("push", pack, REPO)
@@ -456,7 +432,3 @@ def test_a_hub_pack_is_polled_and_its_new_version_served(tmp_path, model_dir):
             assert reply[1]["choices"][0]["memoir"]["edit_id"] == FACTS[2]["id"]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
-        finally:
-            watchdog.cancel()
-            process.kill()
-            process.wait()
