@@ -243,6 +243,17 @@ def test_health_needs_no_key_and_metrics_count_requests_and_routed_rows(server, 
     assert "memoir_completion_tokens_total" in text and "memoir_request_seconds_bucket" in text
 
 
+def test_while_draining_new_requests_get_503_and_ready_says_so(server):
+    server.app.state.draining = True
+    try:
+        status, answer, headers = request(server.url, "POST", CHAT, GOOD, key=KEY)
+        assert status == 503 and answer["error"]["code"] == "draining" and headers["retry-after"] == "5"
+        assert request(server.url, "GET", "/ready", key=KEY)[0] == 503
+        assert request(server.url, "GET", "/health")[1]["draining"] is True
+    finally:
+        server.app.state.draining = False
+
+
 def test_a_full_queue_is_answered_429_with_retry_after(server, client, monkeypatch):
     def full(job):
         raise QueueFullError("the queue is full (64 rows)")
