@@ -391,6 +391,20 @@ def test_a_tampered_new_version_is_not_served_and_health_names_it(tmp_path, chat
         assert len(request(server.url, "GET", "/health")[1]["problems"]) == 1
 
 
+def test_a_pinned_version_stays_served_when_the_pack_moves_on(tmp_path, chat_model_dir):
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "f.jsonl", FACTS[:2]), "--pack", pack, "--model", chat_model_dir, "--steps", 2)
+    with running([f"{pack}@1"], ServeOptions(port=0, reload_interval=3600)) as server:
+        ok("edit", write_facts(tmp_path / "new.jsonl", [NEW_FACT]), "--pack", pack, "--steps", 2)
+        server.reloader.check()
+        assert request(server.url, "GET", "/health")[1] == {
+            "status": "ok",
+            "draining": False,
+            "packs": {"pack@1": 1},
+            "problems": [],
+        }
+
+
 def test_packs_are_loaded_and_unloaded_by_the_admin_endpoints(tmp_path, chat_model_dir, pack):
     other = tmp_path / "other"
     ok("edit", write_facts(tmp_path / "f.jsonl", [NEW_FACT]), "--pack", other, "--model", chat_model_dir, "--steps", 2)
