@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -290,12 +291,24 @@ def test_compatible_requests_share_one_batch_and_a_cancelled_one_costs_nothing(c
     gone.cancel()
     engine.start()
     for job in (*jobs, other):
-        while not any(e[0] == "done" for e in list(job.events._queue)):  # the worker's events, in order
-            time.sleep(0.01)
+        assert events_until_done(job)[-1] == ("done",)
     engine.stop()
     assert [len(rows) for rows in batches] == [3, 1]
     assert all(row.route["edit_id"] == FACTS[2]["id"] for rows in batches for row in rows)
     assert gone.events.empty()
+
+
+def events_until_done(job: Job, seconds: float = 60) -> list[tuple]:
+    """A job's events as the worker sends them (no event loop: the test polls), up to ("done",)."""
+    events: list[tuple] = []
+    deadline = time.monotonic() + seconds
+    while not events or events[-1][0] not in ("done", "error"):
+        assert time.monotonic() < deadline, events
+        try:
+            events.append(job.events.get_nowait())
+        except asyncio.QueueEmpty:
+            time.sleep(0.01)
+    return events
 
 
 def test_a_client_that_goes_away_mid_answer_stops_its_generation(chat_model_dir, pack):
