@@ -242,6 +242,9 @@ def test_health_needs_no_key_and_metrics_count_requests_and_routed_rows(server, 
     assert 'memoir_rows_total{routed="true"}' in text and 'memoir_pack_version{pack="pack"} 1.0' in text
     assert 'memoir_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert "memoir_completion_tokens_total" in text and "memoir_request_seconds_bucket" in text
+    request(server.url, "GET", "/no/such/path/12345")
+    text = request(server.url, "GET", "/metrics", key=KEY)[1]
+    assert "/no/such/path" not in text and 'endpoint="other"' in text  # unknown paths share one label
 
 
 def test_while_draining_new_requests_get_503_and_ready_says_so(server):

@@ -73,7 +73,6 @@ def create_app(
     app.state.draining = False
     started = int(time.time())
     _handle_errors(app)
-    app.add_middleware(_RequestLog, metrics=metrics)
 
     def require_key(request: Request) -> None:
         if api_key is None:
@@ -281,6 +280,9 @@ def create_app(
             "problems": problems,
         }
 
+    app.add_middleware(
+        _RequestLog, metrics=metrics, known={getattr(r, "path", "") for r in [*app.routes, *keyed.routes]}
+    )
     return app
 
 
@@ -394,8 +396,8 @@ class _RequestLog:
     """Pure ASGI middleware: one structured log line and the request metrics per HTTP request
     (it does not wrap the body, so streaming and disconnects pass through untouched)."""
 
-    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: ServerMetrics, known: set[str]) -> None:
+        self.app, self.metrics, self.known = app, metrics, known  # known: the app's paths, each its own label
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -414,7 +416,8 @@ class _RequestLog:
             await self.app(scope, receive, watch)
         finally:
             seconds = time.perf_counter() - started
-            endpoint = scope.get("path", "")
+            path = scope.get("path", "")
+            endpoint = path if path in self.known else "other"  # a label per unknown path would grow without end
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             self.metrics.latency.labels(endpoint=endpoint).observe(seconds)
             record = scope["state"].get("log", {})
@@ -423,7 +426,7 @@ class _RequestLog:
             line = {
                 "event": "request",
                 "method": scope.get("method"),
-                "path": endpoint,
+                "path": path,
                 "status": status,
                 "seconds": round(seconds, 4),
                 **record,
