@@ -330,6 +330,28 @@ def test_a_client_that_goes_away_mid_answer_stops_its_generation(chat_model_dir,
     assert batches[0][0].finish == "cancelled" and len(batches[0][0].tokens) < 50
 
 
+def test_a_streaming_client_that_hangs_up_stops_its_rows(server):
+    import http.client
+    from urllib.parse import urlparse
+
+    def generated() -> float:
+        text = request(server.url, "GET", "/metrics", key=KEY)[1]
+        return float(
+            next(line.split()[-1] for line in text.splitlines() if line.startswith("memoir_completion_tokens_total"))
+        )
+
+    before = generated()
+    where = urlparse(server.url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    body = {"model": STACKED, "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0, "stream": True}
+    connection.request("POST", COMPLETIONS, json.dumps(body), {"Authorization": f"Bearer {KEY}"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    connection.close()  # the client goes away after the first chunk
+    _wait_for(lambda: generated() > before, 30)  # the batch has ended
+    assert generated() - before < 200
+
+
 def test_new_versions_are_served_without_dropping_a_request(tmp_path, chat_model_dir):
     pack = tmp_path / "pack"
     ok("edit", write_facts(tmp_path / "f.jsonl", FACTS), "--pack", pack, "--model", chat_model_dir, "--steps", 2)
