@@ -117,7 +117,7 @@ class Row:
     def add(self, token: int) -> None:
         self.tokens.append(token)
         text = self.decode(self.tokens)
-        cut = min((i for i in (text.find(s) for s in self.job.stop) if i >= 0), default=-1)
+        cut = self._stop_at(text)
         if cut >= 0:
             self.close("stop", text[:cut])
         elif len(self.tokens) >= self.job.max_tokens:
@@ -129,12 +129,16 @@ class Row:
     def close(self, reason: str, text: str | None = None) -> None:
         if text is None:
             text = self.decode(self.tokens)
-            cut = min((i for i in (text.find(s) for s in self.job.stop) if i >= 0), default=-1)
+            cut = self._stop_at(text)
             text = text if cut < 0 else text[:cut]
         self._send(text)
         self.finish = reason
         self.job.completion_tokens += len(self.tokens)
         self.job.emit("end", self.index, reason, self.route)
+
+    def _stop_at(self, text: str) -> int:
+        """Where the first stop string starts in `text`, or -1."""
+        return min((i for i in (text.find(s) for s in self.job.stop) if i >= 0), default=-1)
 
     def _send(self, text: str) -> None:
         if len(text) > self.sent:
