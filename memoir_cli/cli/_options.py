@@ -121,10 +121,10 @@ TokenOpt = Annotated[
 PacksArg = Annotated[
     list[str],
     typer.Argument(
-        help="Packs: PATH, PATH@N (version N), or a Hub repo user/pack[@vN]; stacked, the best-matching edit wins."
+        help="Packs: PATH, PATH@N (version N), or a Hub repo user/pack\\[@vN]; stacked, the best-matching edit wins."
     ),
 ]
-PackArg = Annotated[str, typer.Argument(help="Pack: PATH, PATH@N (version N), or a Hub repo user/pack[@vN].")]
+PackArg = Annotated[str, typer.Argument(help="Pack: PATH, PATH@N (version N), or a Hub repo user/pack\\[@vN].")]
 PackFolderArg = Annotated[Path, typer.Argument(help="Pack folder.", callback=_folder_not_version)]
 FormatOpt = Annotated[FactsFormat, typer.Option("--format", help="Facts format: jsonl, zsre, or auto (.json is ZsRE).")]
 SkipInvalidOpt = Annotated[

@@ -56,7 +56,7 @@ def show(
 @handles_errors
 def log(
     pack: Annotated[
-        str, typer.Argument(help="Pack folder, PACK@N (its history up to version N), or a Hub repo user/pack[@vN].")
+        str, typer.Argument(help="Pack folder, PACK@N (its history up to version N), or a Hub repo user/pack\\[@vN].")
     ],
     token: TokenOpt = None,
     as_json: JsonOpt = False,
