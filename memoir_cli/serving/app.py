@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,14 +93,15 @@ def create_app(
             )
 
     async def read_body(request: Request) -> bytes:
+        too_large = APIError(413, f"the body is over {limits.max_body_bytes} bytes", code="body_too_large")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise APIError(413, f"the body is over {limits.max_body_bytes} bytes", code="body_too_large")
+            raise too_large
         body = b""
-        async for part in request.stream():
+        async for part in request.stream():  # a body without a length is counted as it comes
             body += part
             if len(body) > limits.max_body_bytes:
-                raise APIError(413, f"the body is over {limits.max_body_bytes} bytes", code="body_too_large")
+                raise too_large
         return body
 
     def served_model(name: str | None) -> str:
@@ -296,27 +297,20 @@ class _Choice:
 
 async def _collect(request: Request, jobs: list[Job], n: int) -> list[_Choice]:
     """Every job's choices, in order; a client that goes away cancels its jobs."""
-    choices: list[_Choice] = []
-    for number, job in enumerate(jobs):
-        own = [_Choice(number * n + i) for i in range(n)]
+
+    async def next_event(job: Job) -> tuple:
         while True:
             try:
-                event = await asyncio.wait_for(job.events.get(), timeout=1.0)
+                return await asyncio.wait_for(job.events.get(), timeout=1.0)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     for gone in jobs:
                         gone.cancel()
                     raise APIError(499, "the client closed the request") from None
-                continue
-            if event[0] == "delta":
-                own[event[1]].text += event[2]
-            elif event[0] == "end":
-                own[event[1]].finish, own[event[1]].route = event[2], event[3]
-            elif event[0] == "error":
-                raise APIError(500, event[1], "server_error")
-            else:
-                break
-        choices.extend(own)
+
+    choices: list[_Choice] = []
+    async for _ in _updates(jobs, n, choices, next_event):
+        pass
     return choices
 
 
@@ -331,25 +325,16 @@ async def _stream(
             for index in range(n * len(jobs)):
                 yield sse(chunk(kind, request_id, model, index, None))
         choices: list[_Choice] = []
-        for number, job in enumerate(jobs):
-            own = [_Choice(number * n + i) for i in range(n)]
-            while True:
-                event = await job.events.get()
-                if event[0] == "error":
-                    yield sse(APIError(500, event[1], "server_error").body())
-                    finished = True
-                    return
-                if event[0] == "done":
-                    break
-                choice = own[event[1]]
-                if event[0] == "delta":
-                    choice.text += event[2]
-                    piece = chunk(kind, request_id, model, choice.index, event[2])
+        try:
+            async for choice, text in _updates(jobs, n, choices, lambda job: job.events.get()):
+                if text is not None:
+                    yield sse(chunk(kind, request_id, model, choice.index, text))
                 else:
-                    choice.finish, choice.route = event[2], event[3]
-                    piece = chunk(kind, request_id, model, choice.index, "", choice.finish, choice.route)
-                yield sse(piece)
-            choices.extend(own)
+                    yield sse(chunk(kind, request_id, model, choice.index, "", choice.finish, choice.route))
+        except APIError as error:
+            yield sse(error.body())
+            finished = True
+            return
         _note(record, jobs, choices)
         if with_usage:
             total = usage(record["prompt_tokens"], record["completion_tokens"])
@@ -360,6 +345,26 @@ async def _stream(
         if not finished:
             for job in jobs:
                 job.cancel()
+
+
+async def _updates(
+    jobs: list[Job], n: int, choices: list[_Choice], next_event: Callable[[Job], Awaitable[tuple]]
+) -> AsyncIterator[tuple[_Choice, str | None]]:
+    """The engine's events of each job in turn, applied to its n choices (added to `choices`, in
+    order): yields a choice with its new text, or with None once it has ended. A failed job is a 500."""
+    for number, job in enumerate(jobs):
+        own = [_Choice(number * n + i) for i in range(n)]
+        choices.extend(own)
+        while (event := await next_event(job))[0] != "done":
+            if event[0] == "error":
+                raise APIError(500, event[1], "server_error")
+            choice = own[event[1]]
+            if event[0] == "delta":
+                choice.text += event[2]
+                yield choice, event[2]
+            else:
+                choice.finish, choice.route = event[2], event[3]
+                yield choice, None
 
 
 def _note(record: dict, jobs: list[Job], choices: list[_Choice]) -> None:

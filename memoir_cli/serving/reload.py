@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import MemoirError
 from ..history import open_pack
+from ..pack import Pack
 from ..refs import HubRef, PackRef, parse_ref
 from ..store import head_version
 from .engine import Engine
@@ -69,8 +70,7 @@ class Reloader:
         """Serve the pack at `ref_text` as `name` (the admin `load_pack`): read and verified here,
         in the caller's thread; returns the version now offered."""
         ref = parse_ref(ref_text)
-        pack = open_pack(ref, token=self.token)
-        pack.check_base(self.engine.loaded.model)
+        pack = self._verified(ref)
         with self._lock:
             self.sources[name] = Source(name, ref)
         self.engine.update(lambda lineup: lineup.with_pack(name, pack))
@@ -119,8 +119,7 @@ class Reloader:
 
     def _check(self, source: Source, head: int | None) -> None:
         try:
-            pack = open_pack(source.ref, token=self.token)
-            pack.check_base(self.engine.loaded.model)
+            pack = self._verified(source.ref)
         except MemoirError as error:
             self._fail(source, head, error.message)
             return
@@ -132,6 +131,13 @@ class Reloader:
             source.problem, source.failed_version = None, None
         log.info("pack %s: version %s verified, serving it from the next batch", source.name, pack.version)
         self.engine.update(lambda lineup: lineup.with_pack(source.name, pack))
+
+    def _verified(self, ref: PackRef | HubRef) -> Pack:
+        """The pack `ref` names, its files checked against their checksums (open_pack) and the pack
+        against the served base model's fingerprint."""
+        pack = open_pack(ref, token=self.token)
+        pack.check_base(self.engine.loaded.model)
+        return pack
 
     def _fail(self, source: Source, version: int | None, message: str) -> None:
         with self._lock:
