@@ -284,7 +284,7 @@ def test_the_queue_is_bounded_in_rows(chat_model_dir, pack):
 
 def test_compatible_requests_share_one_batch_and_a_cancelled_one_costs_nothing(chat_model_dir, pack):
     batches: list[list] = []
-    engine = _engine(chat_model_dir, pack, max_batch=8, on_batch=lambda rows, _s: batches.append(rows))
+    engine = _engine(chat_model_dir, pack, max_batch=8, on_batch=batches.append)
     prompt = engine.encode(lambda tokenizer: Prompt.chat(tokenizer, chat(FACTS[2]["prompt"])))
     jobs = [Job(prompt, STACKED, Sampling(0), 30) for _ in range(3)]
     gone = Job(prompt, STACKED, Sampling(0), 30)
@@ -316,7 +316,7 @@ def events_until_done(job: Job, seconds: float = 60) -> list[tuple]:
 
 def test_a_client_that_goes_away_mid_answer_stops_its_generation(chat_model_dir, pack):
     batches: list[list] = []
-    engine = _engine(chat_model_dir, pack, on_batch=lambda rows, _s: batches.append(rows))
+    engine = _engine(chat_model_dir, pack, on_batch=batches.append)
     prompt = Prompt.text(engine.loaded.tokenizer, "Once upon a time")
     job = Job(prompt, STACKED, Sampling(0), 200)
     engine.submit(job)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -172,7 +171,7 @@ class RowControl(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-BatchObserver = Callable[[list[Row], float], None]
+BatchObserver = Callable[[list[Row]], None]  # each batch's rows once they are done
 
 
 class Engine:
@@ -303,7 +302,6 @@ class Engine:
 
     @torch.no_grad()
     def _run(self, jobs: list[Job]) -> None:
-        started = time.perf_counter()
         lineup, tokenizer, model = self.lineup, self.loaded.tokenizer, self.loaded.model
         indices = lineup.indices_for(jobs[0].model)
         if indices is None:
@@ -343,4 +341,4 @@ class Engine:
         for job in jobs:
             job.emit("done")
         if self.on_batch is not None:
-            self.on_batch(rows, time.perf_counter() - started)
+            self.on_batch(rows)

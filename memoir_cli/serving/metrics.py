@@ -39,7 +39,7 @@ class ServerMetrics:
             "memoir_reload_failures", "Packs whose newest version failed verification", registry=self.registry
         )
 
-    def observe_batch(self, rows: list[Row], _seconds: float) -> None:
+    def observe_batch(self, rows: list[Row]) -> None:
         self.batch_rows.observe(len(rows))
         for row in rows:
             self.rows.labels(routed=str(bool(row.route.get("routed"))).lower()).inc()
