@@ -208,3 +208,75 @@ def _grown(words: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.zeros((words.shape[0], capacity), dtype=np.uint64)
     grown[:, : words.shape[1]] = words
     return grown
+
+
+class KeyBank:
+    """Routing keys besides each edit's trained mask: more masks that lead to an edit's bank row.
+
+    MEMOIR keys an edit on the one mask it trains. A question asked another way (bare where the
+    edit was trained in chat, or after a system prompt) reads other features and can miss that key
+    (docs/BENCHMARKS.md, "Routing variants"). Its own mask, kept here, lets it reach the edit; the
+    residual it gets is still the edit's trained one. A key is active while its edit is.
+    """
+
+    def __init__(self, d_ff: int) -> None:
+        self._masks = MaskBank(d_ff)
+        self._owners = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def from_packed(cls, d_ff: int, packed: np.ndarray, owners: np.ndarray, edits_active: torch.Tensor) -> KeyBank:
+        """Keys from pack.py's bit-packed bytes [m, ceil(d_ff / 8)] and their edits' bank rows [m]."""
+        keys = cls(d_ff)
+        keys._owners = np.asarray(owners, dtype=np.int64).copy()
+        active = edits_active[torch.from_numpy(keys._owners)] if len(owners) else torch.zeros(0, dtype=torch.bool)
+        keys._masks = MaskBank.from_packed(d_ff, packed, [str(row) for row in range(len(owners))], active)
+        return keys
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    @property
+    def owners(self) -> torch.Tensor:
+        """[m] the bank row of the edit each key leads to."""
+        return torch.from_numpy(self._owners[: len(self)].copy())
+
+    def add(self, owner: int, masks: torch.Tensor) -> None:
+        """Keys [m, d_ff] for the edit at bank row `owner` (amortised O(m), as MaskBank.add)."""
+        start, end = len(self), len(self) + len(masks)
+        if end > len(self._owners):
+            self._owners = np.concatenate(
+                [self._owners, np.zeros(max(end, int(end * (1 + GROWTH))) - len(self._owners), dtype=np.int64)]
+            )
+        for mask in masks:
+            self._masks.add(str(len(self)), mask)
+        self._owners[start:end] = owner
+
+    def deactivate(self, owner: int) -> None:
+        for row in np.flatnonzero(self._owners[: len(self)] == owner).tolist():
+            self._masks.deactivate(str(row))
+
+    def packed(self) -> torch.Tensor:
+        return self._masks.packed()
+
+    def features_per_mask(self) -> np.ndarray:
+        return self._masks.features_per_mask()
+
+    def copy(self) -> KeyBank:
+        keys = KeyBank(self._masks.d_ff)
+        keys._masks, keys._owners = self._masks.copy(), self._owners[: len(self)].copy()
+        return keys
+
+    def best_match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each query the bank row of the edit whose key matches best (-1 if none) and the
+        shared count. Keys are added in edit order, so a tie goes to the most recent edit here too."""
+        rows, shared = self._masks.best_match(queries)
+        owners = torch.from_numpy(self._owners[: len(self)])
+        return torch.where(rows >= 0, owners[rows.clamp_min(0)], rows) if len(self) else rows, shared
+
+    def shared_per_edit(self, queries: torch.Tensor, edits: int) -> torch.Tensor:
+        """|m_q AND key| maximised over each edit's active keys: [batch, edits] (0 where none)."""
+        counts = self._masks.shared(queries) * self._masks.active.float()  # [batch, m]
+        best = torch.zeros((len(queries), edits))
+        if len(self):
+            best.scatter_reduce_(1, self.owners.expand(len(queries), -1), counts, reduce="amax")
+        return best

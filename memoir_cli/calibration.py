@@ -129,18 +129,15 @@ def calibration_prompts() -> list[str]:
 
 
 def variant_overlaps(editor: Editor, fact: Fact) -> list[float]:
-    """The overlaps of `fact`'s training variants with its own mask (the bank row of its id)."""
+    """The overlaps of `fact`'s training variants with its own edit, as routing sees them: the best
+    over the edit's keys (its trained mask and any further keys)."""
     memory = editor.memory
-    own = memory.bank.rows([memory.bank.row_of(fact.id)]).float()  # [1, d_ff]
-    bare, systems = editor.prefixes, []
-    if editor.settings.chat:
-        half = (len(editor.prefixes) + 1) // 2
-        bare, systems = editor.prefixes[:half], editor.prefixes[half:]
+    bare, systems = editor.prefix_roles()
     prompts = [f"{prefix}. {fact.prompt}" for prefix in bare] + ([fact.prompt] if editor.settings.chat else [])
     features = [_features(editor, prompts, chat=False)]
     features += [_features(editor, [fact.prompt], chat=True, system=system) for system in systems]
-    masks = memory.query_masks(torch.cat(features)).float()
-    return (masks @ own.T / memory.k).squeeze(1).tolist()
+    masks = memory.query_masks(torch.cat(features))
+    return memory.routing_overlaps(masks)[:, memory.bank.row_of(fact.id)].tolist()
 
 
 def unrelated_overlaps(editor: Editor) -> list[float]:

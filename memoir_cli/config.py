@@ -104,6 +104,12 @@ class RoutingConfig:
         "(a new pack: on, unless the threshold is given as a number).",
     )
     calibration: dict[str, Any] | None = setting(None, "The last calibration: both distributions' edges and margin.")
+    extra_keys: bool = setting(
+        False,
+        "In a chat pack, key each edit on its bare question and on its chat question after two of the "
+        "training system prompts too, besides its trained mask; each key leads to the edit's trained "
+        "mask (off: the paper's one key per edit; a new chat pack: on).",
+    )
 
 
 @dataclass
@@ -133,6 +139,7 @@ class BaseModelInfo:
 class Counts:
     edits: int = 0
     active: int = 0
+    keys: int = 0  # routing keys besides the edits' trained masks (bank.KeyBank)
 
 
 @dataclass
@@ -221,7 +228,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "base_model": {"base model": "id"},
         "layer": {"layer": "path"},
         "tophash": {"k": "k", "seed": "seed"},
-        "routing": {"threshold": "threshold", "threshold auto": "auto"},
+        "routing": {"threshold": "threshold", "threshold auto": "auto", "extra keys": "extra_keys"},
         "training": {name: name for name in ("steps", "lr", "rehearse", "rehearse_overlap", "chat", "rehearse_chat")},
     }.items()
     for label, name in fields.items()

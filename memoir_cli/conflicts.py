@@ -82,7 +82,7 @@ def find_conflicts(
     if not new_facts:
         return conflicts
     tau, active = memory.threshold, memory.bank.active
-    in_pack = memory.overlaps(new_masks) if len(memory.bank) else torch.zeros((len(new_facts), 0))  # [m, n]
+    in_pack = memory.routing_overlaps(new_masks) if len(memory.bank) else torch.zeros((len(new_facts), 0))  # [m, n]
     in_pack[:, ~active] = -1.0
     among = (new_masks.float() @ new_masks.float().T) / memory.k  # [m, m]
     for i, fact in enumerate(new_facts):

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 PREFIX_LENGTHS = (5, 10)
+KEY_SYSTEMS = 2  # training system prompts whose chat question becomes a routing key (routing.extra_keys)
 
 
 @dataclass
@@ -117,6 +118,14 @@ class Editor:
     def prefixes(self) -> list[str]:
         return self.pack.manifest.prefixes
 
+    def prefix_roles(self) -> tuple[list[str], list[str]]:
+        """The prefixes that go before the bare question, and those that a chat pack uses as system
+        prompts (the second half of them)."""
+        if not self.settings.chat:
+            return self.prefixes, []
+        half = (len(self.prefixes) + 1) // 2
+        return self.prefixes[:half], self.prefixes[half:]
+
     def mask_for(self, prompt: str) -> torch.Tensor:
         """The fact's TopHash mask, from the prompt's own tokens as routing will see them: the bare
         prompt, or for a chat pack the question asked through the chat template (whose masks
@@ -129,6 +138,20 @@ class Editor:
             return torch.zeros((0, self.memory.bank.d_ff), dtype=torch.bool)
         features = prompt_features(self.model, self.tokenizer, self.wrapper, prompts, chat=self.settings.chat)
         return self.memory.query_masks(features)
+
+    def key_masks(self, prompt: str) -> torch.Tensor:
+        """A fact's further routing keys [m, d_ff] (routing.extra_keys; only in a chat pack): its bare
+        question and its chat question after each of the first KEY_SYSTEMS training system prompts.
+        Its trained mask comes from the chat question with no system prompt; these reach the same
+        edit when it is asked another way (docs/BENCHMARKS.md, "Routing variants")."""
+        if not (self.pack.manifest.routing.extra_keys and self.settings.chat):
+            return torch.zeros((0, self.memory.bank.d_ff), dtype=torch.bool)
+        features = [prompt_features(self.model, self.tokenizer, self.wrapper, [prompt])]
+        features += [
+            prompt_features(self.model, self.tokenizer, self.wrapper, [prompt], chat=True, system=system)
+            for system in self.prefix_roles()[1][:KEY_SYSTEMS]
+        ]
+        return self.memory.query_masks(torch.cat(features))
 
     def neighbours(self, mask: torch.Tensor) -> list[int]:
         """Bank rows of the earlier active edits this fact's columns overlap most, most similar first."""
@@ -149,10 +172,8 @@ class Editor:
         come first (`own_rows` of them): the bare prompt and its prefixed copies, or, for a chat
         pack, the bare prompt and half of them, then the chat question with no system prompt and
         with each other prefix as one. The rehearsed facts follow, `rows_per_rehearsed` rows each."""
-        bare, chat = self.prefixes, []
-        if self.settings.chat:
-            half = (len(self.prefixes) + 1) // 2
-            bare, chat = self.prefixes[:half], [None, *self.prefixes[half:]]
+        bare, systems = self.prefix_roles()
+        chat = [None, *systems] if self.settings.chat else []
         rows = [self._bare_row(fact.prompt, fact.target)]
         rows += [self._bare_row(f"{prefix}. {fact.prompt}", fact.target) for prefix in bare]
         rows += [self._chat_row(conversation(fact.prompt, system), fact.target) for system in chat]
@@ -226,7 +247,8 @@ class Editor:
                 previous = value
         final = value if converged else self._final_loss(loss_fn, state)
         self.memory.weight[:, columns.cpu()] = weight.detach().to(self.memory.weight.device, self.memory.weight.dtype)
-        self.memory.bank.add(fact.id, mask)
+        row = self.memory.bank.add(fact.id, mask)
+        self.memory.keys.add(row, self.key_masks(fact.prompt))
         self.facts.append(fact)
         self.wrapper.refresh()
         return EditResult(fact.id, final, step, converged, time.perf_counter() - start, len(neighbours))

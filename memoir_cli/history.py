@@ -226,7 +226,7 @@ def replay(parent: Pack, record: dict, loaded: LoadedModel, path: Path, model_lo
     with editing(loaded, pack) as editor:
         for op, value in ops:
             if op == "deactivate":
-                pack.memory.bank.deactivate(value)
+                pack.memory.deactivate(value)
             elif op == "edit":
                 editor.edit(facts[value])
             else:
@@ -253,10 +253,7 @@ def _check_reproduced(pack: Pack, record: dict, path: Path) -> None:
 
 def _with_manifest(pack: Pack, manifest: Manifest) -> Pack:
     """A copy of `pack`'s state (weights, bank, facts) under another version's settings."""
-    memory = ResidualMemory(
-        pack.memory.weight.clone(), pack.memory.bank.copy(), pack.memory.permutation, pack.memory.background, manifest
-    )
-    return Pack(memory=memory, facts=list(pack.facts), path=pack.path)
+    return Pack(memory=pack.memory.copy(manifest), facts=list(pack.facts), path=pack.path)
 
 
 def _empty_like(pack: Pack) -> Pack:

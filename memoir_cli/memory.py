@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
-from .bank import MaskBank
+from .bank import KeyBank, MaskBank
 from .config import Manifest
 from .errors import MemoirError, PackError
 from .release import TargetWatch
@@ -37,7 +37,8 @@ from .tophash import masked_mean, tophash
 
 @dataclass
 class ResidualMemory:
-    """One pack's memory: the residual weight [d_out, d_ff], its mask bank and TopHash data.
+    """One pack's memory: the residual weight [d_out, d_ff], its mask bank (each edit's trained
+    mask, which is also its first routing key), its further routing keys and TopHash data.
 
     k, tau and the edited layer are settings: they are read from the pack's manifest, the one
     place they are kept.
@@ -48,6 +49,11 @@ class ResidualMemory:
     permutation: torch.Tensor
     background: torch.Tensor
     manifest: Manifest
+    keys: KeyBank = None  # type: ignore[assignment]  # None: no further keys (set in __post_init__)
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = KeyBank(self.bank.d_ff)
 
     @property
     def k(self) -> int:
@@ -65,13 +71,40 @@ class ResidualMemory:
         return tophash(features, self.background, self.k, self.permutation)
 
     def overlaps(self, queries: torch.Tensor) -> torch.Tensor:
-        """|m_q AND m_i| / k for every query mask and stored mask: [batch, n]."""
+        """|m_q AND m_i| / k for every query mask and trained mask: [batch, n] (which columns two
+        edits share; routing reads `routing_overlaps`)."""
         return self.bank.shared(queries) / self.k
 
+    def routing_overlaps(self, queries: torch.Tensor) -> torch.Tensor:
+        """Each query's overlap with each edit as routing sees it, the best over the edit's keys
+        (its trained mask and its further keys): [batch, n]."""
+        return torch.maximum(self.bank.shared(queries), self.keys.shared_per_edit(queries, len(self.bank))) / self.k
+
     def best_match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's best active edit (bank row, -1 if none) and its overlap."""
+        """Each query's best active edit (bank row, -1 if none) over all its keys, and the overlap.
+        Ties go to the most recent edit."""
         rows, shared = self.bank.best_match(queries)
+        if len(self.keys):
+            key_rows, key_shared = self.keys.best_match(queries)
+            better = (key_rows >= 0) & ((key_shared > shared) | ((key_shared == shared) & (key_rows > rows)))
+            rows, shared = torch.where(better, key_rows, rows), torch.where(better, key_shared, shared)
         return rows, shared / self.k
+
+    def deactivate(self, edit_id: str) -> None:
+        """Routing never selects this edit again, by any of its keys."""
+        self.bank.deactivate(edit_id)
+        self.keys.deactivate(self.bank.row_of(edit_id))
+
+    def copy(self, manifest: Manifest | None = None) -> ResidualMemory:
+        """An independent copy of the weights, masks and keys (under `manifest`, else this one's)."""
+        return ResidualMemory(
+            self.weight.clone(),
+            self.bank.copy(),
+            self.permutation,
+            self.background,
+            manifest or self.manifest,
+            self.keys.copy(),
+        )
 
 
 class HasMemory(Protocol):

@@ -3,7 +3,9 @@
     manifest.json           settings, base-model fingerprint, counts, sha256 of every data file
     memory.safetensors      "weight": the residual memory W_m [d_model, d_ff]
     masks.safetensors       "masks": bit-packed mask bank [n, ceil(d_ff/8)] (uint8), "active" [n],
-                            "permutation" [d_ff]; metadata "edit_ids": JSON list, one per row
+                            "permutation" [d_ff]; metadata "edit_ids": JSON list, one per row;
+                            "keys": further routing keys [m, ceil(d_ff/8)] (uint8) and "key_edits"
+                            [m], the bank row each leads to (both absent in packs made before keys)
     background.safetensors  "mean": the background prompt feature [d_ff]
     facts.jsonl             one fact per bank row, in the same order
     README.md               model card
@@ -30,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
-from .bank import MaskBank
+from .bank import KeyBank, MaskBank
 from .calibration import Calibration
 from .config import BaseModelInfo, LayerConfig, Manifest, RoutingConfig, TopHashConfig, TrainingConfig
 from .errors import PackError
@@ -177,11 +179,13 @@ def write_data_files(pack: Pack, folder: Path) -> dict:
     """
     memory = pack.memory
     save_file({"weight": memory.weight.contiguous()}, str(folder / MEMORY_FILE))
+    keys = {"keys": memory.keys.packed(), "key_edits": memory.keys.owners} if len(memory.keys) else {}
     save_file(
         {
             "masks": memory.bank.packed(),
             "active": memory.bank.active.to(torch.uint8),
             "permutation": memory.permutation.to(torch.int64),
+            **keys,  # only when there are keys: a pack without them keeps its files' bytes
         },
         str(folder / MASKS_FILE),
         metadata={"edit_ids": json.dumps(memory.bank.ids)},
@@ -230,7 +234,8 @@ def read_pack(manifest: Manifest, where: Path, file_for: Callable[[str], Path]) 
     if len(ids) != n or len(facts) != n or [f.id for f in facts] != ids or len(set(ids)) != n:
         raise PackError(f"{where}: {FACTS_FILE}, the mask bank and the manifest disagree on the edits")
     bank = MaskBank.from_packed(d_ff, masks_tensors["masks"].numpy(), ids, masks_tensors["active"].bool())
-    if n and not bool((bank.features_per_mask() == k).all()):
+    keys = _read_keys(masks_file, masks_tensors, manifest.counts.keys, bank)
+    if (n and not bool((bank.features_per_mask() == k).all())) or not bool((keys.features_per_mask() == k).all()):
         raise PackError(f"{masks_file}: every mask must select exactly k={k} features")
     memory = ResidualMemory(
         weight=memory_tensors["weight"].float(),
@@ -238,8 +243,21 @@ def read_pack(manifest: Manifest, where: Path, file_for: Callable[[str], Path]) 
         permutation=permutation,
         background=background["mean"].float(),
         manifest=manifest,
+        keys=keys,
     )
     return Pack(memory=memory, facts=facts)
+
+
+def _read_keys(file: Path, tensors: dict, m: int, bank: MaskBank) -> KeyBank:
+    """The further routing keys (none in a pack made before them), each leading to a bank row."""
+    if m == 0 and "keys" not in tensors and "key_edits" not in tensors:
+        return KeyBank(bank.d_ff)
+    _expect_shape(file, tensors, "keys", (m, (bank.d_ff + 7) // 8))
+    _expect_shape(file, tensors, "key_edits", (m,))
+    owners = tensors["key_edits"].long()
+    if m and not bool(((owners >= 0) & (owners < len(bank))).all()):
+        raise PackError(f"{file}: 'key_edits' names a row outside the mask bank")
+    return KeyBank.from_packed(bank.d_ff, tensors["keys"].numpy(), owners.numpy(), bank.active)
 
 
 def validate_document(document, where: Path, schema: str = "pack.schema.json", what: str = "manifest") -> None:

@@ -162,6 +162,7 @@ def commit(pack: Pack, path: Path, record: dict, snapshot_every: int | None = No
     manifest.updated_at = _now()
     manifest.snapshot_every = snapshot_every or manifest.snapshot_every or DEFAULT_SNAPSHOT_EVERY
     manifest.counts.edits, manifest.counts.active = len(pack.memory.bank), int(pack.memory.bank.active.sum())
+    manifest.counts.keys = len(pack.memory.keys)
     manifest.files = _write_objects(pack, path)
     document = manifest.to_dict()
     record = {

@@ -53,6 +53,7 @@ class EditOptions:
     rehearse: int | None = None
     rehearse_overlap: float | None = None
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
+    extra_keys: bool | None = None  # a new pack: on (config.RoutingConfig.extra_keys); fixed from then on
     device: str = "cpu"
     dtype: str = "float32"
     on_conflict: OnConflict | str = OnConflict.keep_both  # not stored: what this run does (conflicts.py)
@@ -146,7 +147,7 @@ def revert_edits(
             targets.append(by_prompt[prompt])
         reverted = list(dict.fromkeys(targets))
         for edit_id in reverted:
-            bank.deactivate(edit_id)
+            pack.memory.deactivate(edit_id)
         version = commit(
             pack, Path(pack_path), edit_record("revert", write.message, [["deactivate", i] for i in reverted], [])
         )
@@ -228,7 +229,7 @@ class _EditRun:
             for number, fact in enumerate(plan.add):
                 for old in [plan.replaces.get(fact.id), *plan.displaces.get(fact.id, [])]:
                     if old is not None and pack.memory.bank.is_active(old):  # two new facts may end one edit
-                        pack.memory.bank.deactivate(old)
+                        pack.memory.deactivate(old)
                         ops.append(["deactivate", old])
                 report_step = (lambda s, v, n=number, f=fact: on_step(n, f, s, v)) if on_step else None
                 result = editor.edit(fact, on_step=report_step)
@@ -293,7 +294,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         revision=loaded.revision,
         layer=layer,
         tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
-        routing=RoutingConfig(auto=True),
+        routing=RoutingConfig(auto=True, extra_keys=options.extra_keys is not False),
         training=TrainingConfig(
             lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer), rehearse_chat=True
         ),
@@ -317,11 +318,13 @@ def _calibrate(editor: Editor, pack: Pack, variants: list[int]) -> Calibration |
 
 
 def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
-    """Layer, k and seed shape every stored mask: an existing pack cannot change them."""
+    """Layer, k and seed shape every stored mask, and whether edits have further keys is the same
+    for all of them: an existing pack cannot change these."""
     fixed = {
         "layer": (options.layer, pack.manifest.layer.index),
         "top_k": (options.top_k, pack.manifest.tophash.k),
         "seed": (options.seed, pack.manifest.tophash.seed),
+        "extra_keys": (options.extra_keys, pack.manifest.routing.extra_keys),
     }
     for name, (asked, stored) in fixed.items():
         if asked is not None and asked != stored:

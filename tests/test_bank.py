@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from memoir_cli.bank import GROWTH, MaskBank, popcount_and, to_words
+from memoir_cli.bank import GROWTH, KeyBank, MaskBank, popcount_and, to_words
 
 
 def bank_of(rows: list[list[int]], d_ff: int = 8) -> MaskBank:
@@ -158,3 +158,45 @@ def test_the_device_path_counts_as_the_cpu_path_and_extends_its_copy_as_the_bank
         bank.add(f"e{number}", torch.rand(200, generator=generator) < 0.3)
     device_counts = bank._device_counts(to_words(queries), torch.device("cpu"))
     assert device_counts.shape == (3, 100) and np.array_equal(device_counts, bank._counts(queries))
+
+
+def keys_of(owners: list[int], rows: list[list[int]], d_ff: int = 8) -> KeyBank:
+    keys = KeyBank(d_ff)
+    for owner, features in zip(owners, rows):
+        keys.add(owner, queries_of([features], d_ff))
+    return keys
+
+
+def test_a_key_leads_to_the_edit_that_owns_it():
+    keys = keys_of([0, 0, 1], [[0, 1], [2, 3], [4, 5]])
+    rows, counts = keys.best_match(queries_of([[2, 3], [4], [6, 7]]))
+    assert rows.tolist() == [0, 1, 1] and counts.tolist() == [2.0, 1.0, 0.0]  # a tie: the most recent edit
+
+
+def test_a_deactivated_edit_is_reached_by_none_of_its_keys():
+    keys = keys_of([0, 1, 1], [[0, 1], [0, 1], [2, 3]])
+    keys.deactivate(1)
+    rows, counts = keys.best_match(queries_of([[0, 1], [2, 3]]))
+    assert rows.tolist() == [0, 0] and counts.tolist() == [2.0, 0.0]
+    assert keys.shared_per_edit(queries_of([[2, 3]]), edits=2).tolist() == [[0.0, 0.0]]
+
+
+def test_shared_per_edit_is_the_best_over_each_edits_keys():
+    keys = keys_of([0, 0, 2], [[0], [0, 1, 2], [1, 2]])
+    assert keys.shared_per_edit(queries_of([[0, 1, 2]]), edits=3).tolist() == [[3.0, 0.0, 2.0]]
+
+
+def test_keys_round_trip_through_their_packed_bytes_with_their_edits_active_flags():
+    keys = keys_of(list(range(40)), [[i % 8, (i + 3) % 8] for i in range(40)])
+    active = torch.ones(40, dtype=torch.bool)
+    active[5] = False
+    again = KeyBank.from_packed(8, keys.packed().numpy(), keys.owners.numpy(), active)
+    assert torch.equal(again.packed(), keys.packed()) and torch.equal(again.owners, keys.owners)
+    query = queries_of([[5, 0]])  # exactly keys 5, 13, 21, 29 and 37
+    assert again.best_match(query)[0].tolist() == [37] and keys.best_match(query)[0].tolist() == [37]
+    again.deactivate(37)
+    assert again.best_match(query)[0].tolist() == [29]
+    copied = again.copy()
+    copied.add(3, query)
+    assert len(copied) == 41 and len(again) == 40
+    assert copied.best_match(query)[0].tolist() == [3] and again.best_match(query)[0].tolist() == [29]

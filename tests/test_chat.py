@@ -98,15 +98,28 @@ def test_the_pack_records_chat_training_in_its_manifest_and_card(chat_model, cha
 def test_apply_asks_a_chat_pack_through_the_template_with_a_system_prompt(tmp_path, chat_model_dir):
     pack = tmp_path / "pack"
     ok("edit", write_facts(tmp_path / "f.jsonl", FACTS), "--pack", pack, "--model", chat_model_dir, "--steps", 2)
-    assert json.loads((pack / "manifest.json").read_text())["training"]["chat"] is True
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert manifest["training"]["chat"] is True and manifest["counts"]["keys"] == 3 * len(FACTS)  # bare, 2 systems
     asked = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--json")  # auto: a chat pack is asked in chat
     bare = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--chat", "off", "--json")
     assert asked[0]["edit_id"] == FACTS[2]["id"] and asked[0]["overlap"] == 1.0  # the key is the chat question's
-    assert bare[0]["overlap"] < 1.0  # a real model's bare question still reaches it (test_integration_chat.py)
+    assert bare[0]["edit_id"] == FACTS[2]["id"] and bare[0]["overlap"] == 1.0  # and the bare question is a key too
     kept = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--after-target", "keep", "--json")
     assert kept[0]["edit_id"] == asked[0]["edit_id"]  # the paper's rule routes the same way
     with_system = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--system", "Be brief.", "--json")
     assert with_system[0]["overlap"] != asked[0]["overlap"]  # the system prompt is in the model's context
+
+
+def test_without_extra_keys_a_chat_pack_is_keyed_on_the_chat_question_alone(tmp_path, chat_model_dir):
+    pack = tmp_path / "pack"
+    facts = write_facts(tmp_path / "f.jsonl", FACTS)
+    ok("edit", facts, "--pack", pack, "--model", chat_model_dir, "--steps", 1, "--no-extra-keys")
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert manifest["routing"]["extra_keys"] is False and manifest["counts"]["keys"] == 0
+    bare = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--chat", "off", "--json")
+    assert bare[0]["overlap"] < 1.0  # the paper's rule: one key, the trained (chat) question's mask
+    result = run("edit", facts, "--pack", pack, "--model", chat_model_dir, "--extra-keys")
+    assert result.exit_code == 2 and "extra_keys False; it cannot change to True" in result.stderr
 
 
 def test_a_system_prompt_without_chat_formatting_is_refused_naming_the_flag(tmp_path, model_dir):

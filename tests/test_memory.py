@@ -9,6 +9,7 @@ from memoir_cli import attach, detach
 from memoir_cli.errors import MemoirError
 from memoir_cli.memory import MemoirLinear
 from memoir_cli.session import generate
+from memoir_cli.tophash import prompt_features
 
 from .conftest import FACTS
 from .helpers import edited_pack, empty_pack, logits
@@ -226,3 +227,27 @@ def test_attaching_twice_is_refused(model, tokenizer, pack):
     attach(model, pack)
     with pytest.raises(MemoirError, match="already has packs attached"):
         attach(model, pack)
+
+
+def test_a_prompt_that_matches_a_further_key_gets_that_edits_trained_mask(model, tokenizer, pack):
+    wrapper = attach(model, pack)
+    logits(model, tokenizer, [UNRELATED[0]])
+    assert wrapper.routes.row.tolist() == [-1]
+    key = pack.memory.query_masks(prompt_features(model, tokenizer, wrapper, [UNRELATED[0]]))
+    pack.memory.keys.add(1, key)  # the unrelated prompt's own mask, as a key of edit 1
+    logits(model, tokenizer, [UNRELATED[0]])
+    assert wrapper.routes.row.tolist() == [1] and wrapper.routes.overlap.tolist() == [1.0]
+    _, masks = wrapper.routes.placed[0]
+    assert torch.equal(masks[0].bool(), pack.memory.bank.rows([1])[0])  # the trained columns, not the key
+    pack.memory.deactivate(FACTS[1]["id"])
+    logits(model, tokenizer, [UNRELATED[0]])
+    assert wrapper.routes.row.tolist() != [1]
+
+
+def test_a_key_and_a_trained_mask_that_tie_route_to_the_more_recent_edit(model, tokenizer, pack):
+    memory = pack.memory
+    query = memory.bank.rows([0])  # edit 0's trained mask, exactly
+    memory.keys.add(2, query)  # and a key of the later edit 2 equal to it
+    rows, overlaps = memory.best_match(query)
+    assert rows.tolist() == [2] and overlaps.tolist() == [1.0]
+    assert memory.routing_overlaps(query)[0, [0, 2]].tolist() == [1.0, 1.0]

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from memoir_cli.errors import PackError
 from memoir_cli.models import fingerprints_match, layer_fingerprint
 
 from .conftest import FACTS, tiny_llama
-from .helpers import save_pack
+from .helpers import edited_pack, save_pack
 
 
 def object_of(path, name):
@@ -34,6 +35,23 @@ def test_save_then_load_is_bit_identical(saved):
         assert object_of(path, name).read_bytes() == object_of(path.parent / "again", name).read_bytes()
 
 
+def test_a_chat_packs_further_keys_round_trip_and_a_pack_without_keys_writes_none(tmp_path, chat_model, chat_tokenizer):
+    pack = edited_pack(chat_model, chat_tokenizer, FACTS[:2], steps=1)
+    pack.memory.deactivate(FACTS[0]["id"])
+    save_pack(pack, tmp_path / "chat")
+    loaded = load_pack(tmp_path / "chat")
+    assert len(loaded.memory.keys) == 6 and loaded.manifest.counts.keys == 6
+    assert torch.equal(loaded.memory.keys.packed(), pack.memory.keys.packed())
+    assert loaded.memory.keys.owners.tolist() == [0, 0, 0, 1, 1, 1]
+    bits = np.unpackbits(pack.memory.keys.packed().numpy(), axis=1)[:, : pack.memory.bank.d_ff]
+    routed = loaded.memory.best_match(torch.from_numpy(bits).bool())[0].tolist()  # each key's own mask
+    assert routed[3:] == [1, 1, 1] and 0 not in routed  # the deactivated edit's keys lead nowhere
+    bare = edited_pack(chat_model, chat_tokenizer, FACTS[:1], steps=1, extra_keys=False)
+    save_pack(bare, tmp_path / "one-key")
+    tensors = pack_module._load_safetensors(object_of(tmp_path / "one-key", pack_module.MASKS_FILE))
+    assert set(tensors) == {"masks", "active", "permutation"}  # the files of a pack made before keys
+
+
 def test_manifest_records_what_the_issue_lists(saved):
     _, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
@@ -47,7 +65,11 @@ def test_manifest_records_what_the_issue_lists(saved):
         "d_model": 64,
     }
     assert manifest["tophash"]["k"] == 37 and manifest["tophash"]["aggregation"] == "mean"
-    assert manifest["counts"] == {"edits": 3, "active": 3}
+    assert manifest["counts"] == {
+        "edits": 3,
+        "active": 3,
+        "keys": 0,
+    }  # a pack without a chat template has no further keys
     assert set(manifest["files"]) == {
         "memory.safetensors",
         "masks.safetensors",

@@ -181,6 +181,12 @@ EditChatOpt = Annotated[
         "an existing pack keeps its choice).",
     ),
 ]
+ExtraKeysOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--extra-keys/--no-extra-keys", help=f"{help_for(RoutingConfig, 'extra_keys')} Fixed when the pack is made."
+    ),
+]
 AskChatOpt = Annotated[
     ChatMode,
     typer.Option("--chat", help="Ask through the chat template (auto: when a pack was trained in chat form)."),
@@ -224,6 +230,7 @@ takes_edit_settings = option_group(
         _keyword("rehearse", None, RehearseOpt),
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
         _keyword("chat", ChatMode.auto, EditChatOpt),
+        _keyword("extra_keys", None, ExtraKeysOpt),
         _keyword("seed", None, SeedOpt),
         _keyword("on_conflict", OnConflict.keep_both, OnConflictOpt),
     ],
