@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .tophash import background_prompts, prompt_features
+from .tophash import background_prompts
 
 if TYPE_CHECKING:
     from .editor import Editor
@@ -152,4 +152,4 @@ def unrelated_overlaps(editor: Editor) -> list[float]:
 
 
 def _features(editor: Editor, prompts: list[str], chat: bool, system: str | None = None) -> torch.Tensor:
-    return prompt_features(editor.model, editor.tokenizer, editor.wrapper, prompts, chat=chat, system=system)
+    return editor.features(prompts, chat=chat, system=system)

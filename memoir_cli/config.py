@@ -89,7 +89,11 @@ class TopHashConfig:
 
     k: int = setting(0, "Features per TopHash mask (a new pack: round(0.286 * d_ff)).")
     seed: int = setting(0, "Seed of the TopHash permutation and of the training prefixes.")
-    aggregation: str = setting("mean", "How token features are pooled into the prompt feature.")
+    aggregation: str = setting(
+        "mean",
+        "How a prompt's token features become its feature: mean (the paper's) or mean_after_first, the "
+        "mean without the first token (a new pack: mean_after_first).",
+    )
     background_prompts: int = setting(0, "How many built-in prompts the background mean averages.")
 
 
@@ -227,7 +231,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     for section, fields in {
         "base_model": {"base model": "id"},
         "layer": {"layer": "path"},
-        "tophash": {"k": "k", "seed": "seed"},
+        "tophash": {"k": "k", "seed": "seed", "aggregation": "aggregation"},
         "routing": {"threshold": "threshold", "threshold auto": "auto", "extra keys": "extra_keys"},
         "training": {name: name for name in ("steps", "lr", "rehearse", "rehearse_overlap", "chat", "rehearse_chat")},
     }.items()

@@ -147,7 +147,8 @@ def _conflicts_across(a: Side, b: Side, model_loader) -> list[dict]:
         prompts = [f.prompt for _, f in a.active()]
         module = loaded.model.get_submodule(b.pack.manifest.layer.path)
         chat = b.pack.manifest.training.chat
-        features = prompt_features(loaded.model, loaded.tokenizer, module, prompts, chat=chat)
+        aggregation = b.pack.memory.aggregation
+        features = prompt_features(loaded.model, loaded.tokenizer, module, prompts, chat=chat, aggregation=aggregation)
         queries = b.pack.memory.query_masks(features).cpu()
     pairs = []
     for start in range(0, len(a_rows), BLOCK):
@@ -167,6 +168,7 @@ def _hash_alike(a: Pack, b: Pack) -> bool:
     ma, mb = a.memory, b.memory
     return (
         ma.k == mb.k
+        and ma.aggregation == mb.aggregation
         and ma.layer_path == mb.layer_path
         and torch.equal(ma.permutation, mb.permutation)
         and torch.equal(ma.background, mb.background)

@@ -136,8 +136,14 @@ class Editor:
         """mask_for of each prompt, batched: [len(prompts), d_ff]."""
         if not prompts:
             return torch.zeros((0, self.memory.bank.d_ff), dtype=torch.bool)
-        features = prompt_features(self.model, self.tokenizer, self.wrapper, prompts, chat=self.settings.chat)
-        return self.memory.query_masks(features)
+        return self.memory.query_masks(self.features(prompts, chat=self.settings.chat))
+
+    def features(self, prompts: list[str], chat: bool = False, system: str | None = None) -> torch.Tensor:
+        """The prompts' features as this pack pools them (tophash.prompt_features): [len(prompts), d_ff]."""
+        aggregation = self.pack.manifest.tophash.aggregation
+        return prompt_features(
+            self.model, self.tokenizer, self.wrapper, prompts, chat=chat, system=system, aggregation=aggregation
+        )
 
     def key_masks(self, prompt: str) -> torch.Tensor:
         """A fact's further routing keys [m, d_ff] (routing.extra_keys; only in a chat pack): its bare
@@ -146,10 +152,9 @@ class Editor:
         edit when it is asked another way (docs/BENCHMARKS.md, "Routing variants")."""
         if not (self.pack.manifest.routing.extra_keys and self.settings.chat):
             return torch.zeros((0, self.memory.bank.d_ff), dtype=torch.bool)
-        features = [prompt_features(self.model, self.tokenizer, self.wrapper, [prompt])]
+        features = [self.features([prompt])]
         features += [
-            prompt_features(self.model, self.tokenizer, self.wrapper, [prompt], chat=True, system=system)
-            for system in self.prefix_roles()[1][:KEY_SYSTEMS]
+            self.features([prompt], chat=True, system=system) for system in self.prefix_roles()[1][:KEY_SYSTEMS]
         ]
         return self.memory.query_masks(torch.cat(features))
 

@@ -32,7 +32,7 @@ from .bank import KeyBank, MaskBank
 from .config import Manifest
 from .errors import MemoirError, PackError
 from .release import TargetWatch
-from .tophash import masked_mean, tophash
+from .tophash import pool, tophash
 
 
 @dataclass
@@ -58,6 +58,10 @@ class ResidualMemory:
     @property
     def k(self) -> int:
         return self.manifest.tophash.k
+
+    @property
+    def aggregation(self) -> str:
+        return self.manifest.tophash.aggregation
 
     @property
     def threshold(self) -> float:
@@ -217,12 +221,14 @@ class MemoirLinear(nn.Module):
         seen = torch.zeros(batch)
         if not self.packs:
             return Routes(best_memory, best_row, seen)
-        features = masked_mean(x, attention_mask)
+        features: dict[str, torch.Tensor] = {}  # aggregation -> [batch, d_ff]: once per pooling the packs use
         for index, pack in enumerate(self.packs):
             if self._allowed is not None and index not in self._allowed:
                 continue
             memory = pack.memory
-            rows, overlap = memory.best_match(memory.query_masks(features))
+            if memory.aggregation not in features:
+                features[memory.aggregation] = pool(x, attention_mask, memory.aggregation)
+            rows, overlap = memory.best_match(memory.query_masks(features[memory.aggregation]))
             seen = torch.maximum(seen, overlap)
             # A later pack wins ties: stacking order says which knowledge is newer.
             wins = (rows >= 0) & (overlap >= memory.threshold) & (overlap >= best_routed)

@@ -7,6 +7,7 @@ every prompt; the fixed permutation spreads the memory columns different edits t
 
 from __future__ import annotations
 
+from enum import Enum
 from importlib import resources
 
 import torch
@@ -28,12 +29,38 @@ def make_permutation(d_ff: int, seed: int) -> torch.Tensor:
     return torch.randperm(d_ff, generator=generator)
 
 
+class Aggregation(str, Enum):
+    """How a prompt's token features are pooled (TopHashConfig.aggregation; see pool())."""
+
+    mean = "mean"
+    mean_after_first = "mean_after_first"
+
+
 def masked_mean(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of x [batch, seq, d] over the positions where attention_mask [batch, seq] is 1."""
     if attention_mask is None:
         return x.float().mean(dim=1)
     weights = attention_mask.to(device=x.device, dtype=torch.float32).unsqueeze(-1)
     return (x.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def pool(x: torch.Tensor, attention_mask: torch.Tensor | None, aggregation: str) -> torch.Tensor:
+    """A prompt's feature [batch, d] from its token features x [batch, seq, d]: the mean over the
+    positions attention_mask marks (mean, the paper's), or over all of them but the first
+    (mean_after_first; a one-token prompt keeps its token).
+
+    Why leave the first out: the first token of a prompt starts the sequence, or follows the chat
+    template's role header, and its activations are large and much the same whatever the question.
+    They pull a question's bare and chat features apart, and every question towards every other;
+    without them its two forms' masks overlap more, and so do a question and its rephrasings
+    (docs/BENCHMARKS.md, "Routing variants").
+    """
+    if aggregation == Aggregation.mean:
+        return masked_mean(x, attention_mask)
+    marked = torch.ones(x.shape[:2], device=x.device) if attention_mask is None else attention_mask.to(x.device)
+    marked = marked.to(torch.float32)
+    after_first = marked * (marked.cumsum(dim=1) > 1)  # [batch, seq]
+    return masked_mean(x, torch.where(after_first.sum(dim=1, keepdim=True) > 0, after_first, marked))
 
 
 def tophash(features: torch.Tensor, background: torch.Tensor, k: int, permutation: torch.Tensor) -> torch.Tensor:
@@ -58,19 +85,21 @@ def prompt_features(
     batch_size: int = 16,
     chat: bool = False,
     system: str | None = None,
+    aggregation: str = Aggregation.mean,
 ) -> torch.Tensor:
-    """The mean edit-layer input of each prompt, [len(prompts), d_ff] in float32.
+    """The edit layer's input pooled over each prompt (`aggregation`: see pool()), [len(prompts),
+    d_ff] in float32.
 
     Prompts run one batch at a time with left padding; the forward pass stops at the edit layer,
     since nothing above it matters here. With `chat`, each prompt is a question asked through the
-    chat template (after the `system` prompt, if any), and the mean runs over the question's tokens only,
+    chat template (after the `system` prompt, if any), and pooling reads the question's tokens only,
     as routing reads a chat question (chat.py).
     """
     captured: list[torch.Tensor] = []
     current_mask: list[torch.Tensor] = []
 
     def hook(_module, args):
-        captured.append(masked_mean(args[0], current_mask[0]).cpu())
+        captured.append(pool(args[0], current_mask[0], aggregation).cpu())
         raise _Captured
 
     handle = layer_module.register_forward_pre_hook(hook)

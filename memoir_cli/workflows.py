@@ -35,7 +35,7 @@ from .store import (
     refuse_foreign_folder,
     writing,
 )
-from .tophash import background_prompts, make_permutation, prompt_features
+from .tophash import Aggregation, background_prompts, make_permutation, prompt_features
 
 AUTO = "auto"
 
@@ -54,6 +54,9 @@ class EditOptions:
     rehearse_overlap: float | None = None
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
     extra_keys: bool | None = None  # a new pack: on (config.RoutingConfig.extra_keys); fixed from then on
+    aggregation: Aggregation | str | None = (
+        None  # a new pack: mean_after_first (config.TopHashConfig.aggregation); fixed
+    )
     device: str = "cpu"
     dtype: str = "float32"
     on_conflict: OnConflict | str = OnConflict.keep_both  # not stored: what this run does (conflicts.py)
@@ -286,14 +289,15 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
     if k > layer.d_in:
         raise BadInputError(f"top_k {k} is out of range: the edit layer has {layer.d_in} features")
     seed = TopHashConfig().seed if options.seed is None else options.seed
+    aggregation = Aggregation(options.aggregation or Aggregation.mean_after_first).value
     prompts = background_prompts()
-    features = prompt_features(model, tokenizer, model.get_submodule(layer.path), prompts)
+    features = prompt_features(model, tokenizer, model.get_submodule(layer.path), prompts, aggregation=aggregation)
     pack = new_pack(
         model=model,
         model_id=loaded.model_id,
         revision=loaded.revision,
         layer=layer,
-        tophash=TopHashConfig(k=k, seed=seed, background_prompts=len(prompts)),
+        tophash=TopHashConfig(k=k, seed=seed, aggregation=aggregation, background_prompts=len(prompts)),
         routing=RoutingConfig(auto=True, extra_keys=options.extra_keys is not False),
         training=TrainingConfig(
             lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer), rehearse_chat=True
@@ -318,13 +322,14 @@ def _calibrate(editor: Editor, pack: Pack, variants: list[int]) -> Calibration |
 
 
 def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
-    """Layer, k and seed shape every stored mask, and whether edits have further keys is the same
-    for all of them: an existing pack cannot change these."""
+    """Layer, k, seed and aggregation shape every stored mask, and whether edits have further keys
+    is the same for all of them: an existing pack cannot change these."""
     fixed = {
         "layer": (options.layer, pack.manifest.layer.index),
         "top_k": (options.top_k, pack.manifest.tophash.k),
         "seed": (options.seed, pack.manifest.tophash.seed),
         "extra_keys": (options.extra_keys, pack.manifest.routing.extra_keys),
+        "aggregation": (options.aggregation, pack.manifest.tophash.aggregation),
     }
     for name, (asked, stored) in fixed.items():
         if asked is not None and asked != stored:

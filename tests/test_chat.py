@@ -12,7 +12,7 @@ from memoir_cli.errors import BadInputError
 from memoir_cli.facts import Fact
 from memoir_cli.memory import attach
 from memoir_cli.models import LoadedModel
-from memoir_cli.tophash import masked_mean
+from memoir_cli.tophash import pool
 
 from .conftest import FACTS
 from .helpers import edited_pack, ok, run, write_facts
@@ -78,14 +78,14 @@ def test_routing_averages_only_the_question_tokens_never_the_template_system_pro
     inputs = chat_inputs(chat_tokenizer, [conversation(FACTS[2]["prompt"], "Be brief.", HISTORY)])
     chat_model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=chat_tokenizer.pad_token_id)
     handle.remove()
-    span = inputs["routing_mask"]
-    expected = pack.memory.best_match(pack.memory.query_masks(masked_mean(seen[0], span)))
+    span, aggregation = inputs["routing_mask"], pack.memory.aggregation
+    expected = pack.memory.best_match(pack.memory.query_masks(pool(seen[0], span, aggregation)))
     decided = wrapper.routes
     assert torch.allclose(decided.overlap, expected[1].float())
     routed = expected[1] >= pack.memory.threshold
     assert decided.row.tolist() == torch.where(routed, expected[0], -1).tolist()
-    everything = pack.memory.query_masks(masked_mean(seen[0], inputs["attention_mask"]))
-    assert not torch.equal(everything, pack.memory.query_masks(masked_mean(seen[0], span)))
+    everything = pack.memory.query_masks(pool(seen[0], inputs["attention_mask"], aggregation))
+    assert not torch.equal(everything, pack.memory.query_masks(pool(seen[0], span, aggregation)))
 
 
 def test_the_pack_records_chat_training_in_its_manifest_and_card(chat_model, chat_tokenizer, tokenizer, model):

@@ -233,7 +233,8 @@ def test_a_prompt_that_matches_a_further_key_gets_that_edits_trained_mask(model,
     wrapper = attach(model, pack)
     logits(model, tokenizer, [UNRELATED[0]])
     assert wrapper.routes.row.tolist() == [-1]
-    key = pack.memory.query_masks(prompt_features(model, tokenizer, wrapper, [UNRELATED[0]]))
+    features = prompt_features(model, tokenizer, wrapper, [UNRELATED[0]], aggregation=pack.memory.aggregation)
+    key = pack.memory.query_masks(features)
     pack.memory.keys.add(1, key)  # the unrelated prompt's own mask, as a key of edit 1
     logits(model, tokenizer, [UNRELATED[0]])
     assert wrapper.routes.row.tolist() == [1] and wrapper.routes.overlap.tolist() == [1.0]
@@ -251,3 +252,13 @@ def test_a_key_and_a_trained_mask_that_tie_route_to_the_more_recent_edit(model, 
     rows, overlaps = memory.best_match(query)
     assert rows.tolist() == [2] and overlaps.tolist() == [1.0]
     assert memory.routing_overlaps(query)[0, [0, 2]].tolist() == [1.0, 1.0]
+
+
+def test_each_stacked_pack_routes_with_its_own_pooling(model, tokenizer):
+    paper = edited_pack(model, tokenizer, FACTS[:1], steps=1, aggregation="mean")
+    ours = edited_pack(model, tokenizer, FACTS[1:2], steps=1)
+    assert (paper.memory.aggregation, ours.memory.aggregation) == ("mean", "mean_after_first")
+    wrapper = attach(model, paper, ours)
+    logits(model, tokenizer, [FACTS[0]["prompt"], FACTS[1]["prompt"]])
+    routed = [(r["edit_id"], r["overlap"]) for r in wrapper.describe_routes()]
+    assert routed == [(FACTS[0]["id"], 1.0), (FACTS[1]["id"], 1.0)]  # each key is met exactly as it was made

@@ -64,7 +64,7 @@ def test_manifest_records_what_the_issue_lists(saved):
         "d_ff": 128,
         "d_model": 64,
     }
-    assert manifest["tophash"]["k"] == 37 and manifest["tophash"]["aggregation"] == "mean"
+    assert manifest["tophash"]["k"] == 37 and manifest["tophash"]["aggregation"] == "mean_after_first"
     assert manifest["counts"] == {
         "edits": 3,
         "active": 3,

@@ -21,6 +21,7 @@ from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
 from ..release import AfterTarget
+from ..tophash import Aggregation
 from ..workflows import AUTO, EditOptions
 
 
@@ -187,6 +188,10 @@ ExtraKeysOpt = Annotated[
         "--extra-keys/--no-extra-keys", help=f"{help_for(RoutingConfig, 'extra_keys')} Fixed when the pack is made."
     ),
 ]
+AggregationOpt = Annotated[
+    Aggregation | None,
+    typer.Option(help=f"{help_for(TopHashConfig, 'aggregation')} Fixed when the pack is made."),
+]
 AskChatOpt = Annotated[
     ChatMode,
     typer.Option("--chat", help="Ask through the chat template (auto: when a pack was trained in chat form)."),
@@ -231,6 +236,7 @@ takes_edit_settings = option_group(
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
         _keyword("chat", ChatMode.auto, EditChatOpt),
         _keyword("extra_keys", None, ExtraKeysOpt),
+        _keyword("aggregation", None, AggregationOpt),
         _keyword("seed", None, SeedOpt),
         _keyword("on_conflict", OnConflict.keep_both, OnConflictOpt),
     ],
