@@ -159,7 +159,11 @@ class Manifest:
     routing: RoutingConfig
     training: TrainingConfig
     prefixes: list[str]
-    memory_dtype: str = "float32"
+    memory_dtype: str = setting(
+        "float32",
+        "The dtype the residual memory is stored in: float32, or the model's dtype (halves a bf16 model's "
+        "pack; editing still trains in float32, and each commit rounds the memory to this dtype).",
+    )
     counts: Counts = field(default_factory=Counts)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int | None = None  # None: a format 1 pack, or never committed

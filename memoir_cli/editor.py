@@ -34,7 +34,7 @@ from .chat import chat_answer_ids, chat_prompt, conversation
 from .config import TrainingConfig
 from .facts import Fact
 from .memory import MemoirLinear, TrainingState, attach, detach
-from .models import LoadedModel, decoder_layers, final_norm
+from .models import LoadedModel, decoder_layers, final_norm, input_device
 from .pack import Pack
 from .tophash import prompt_features
 
@@ -59,7 +59,7 @@ class EditResult:
 @torch.no_grad()
 def generate_prefixes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[str]:
     """Ten short random contexts written by the unedited model itself (5 of 5, 5 of 10 tokens)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     prefixes = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -104,7 +104,8 @@ class Editor:
         self.model, self.tokenizer, self.wrapper, self.pack = model, tokenizer, wrapper, pack
         self.memory, self.facts = pack.memory, pack.facts
         self.fast = fast
-        self.device = next(model.parameters()).device
+        self.device = model.get_input_embeddings().weight.device  # where the batch goes
+        self.layer_device = wrapper.base.weight.device  # where the memory trains (a device map may differ)
 
     @property
     def settings(self) -> TrainingConfig:
@@ -218,16 +219,16 @@ class Editor:
         """Fit `fact` into the memory; the memory's weight and bank and `facts` grow in place."""
         start = time.perf_counter()
         mask = self.mask_for(fact.prompt)
-        columns = mask.nonzero().squeeze(1).to(self.device)
+        columns = mask.nonzero().squeeze(1).to(self.layer_device)
         neighbours = self.neighbours(mask)
         batch, labels = self.training_batch(fact, [self.facts[row] for row in neighbours])
-        weight = self.memory.weight[:, columns.cpu()].to(self.device).clone().requires_grad_(True)
+        weight = self.memory.weight[:, columns.cpu()].to(self.layer_device).clone().requires_grad_(True)
         state = TrainingState(columns, weight)
         if neighbours:
             own = mask.unsqueeze(0).expand(self.own_rows(), -1)
             rehearsed = self.memory.bank.rows(neighbours).repeat_interleave(self.rows_per_rehearsed(), dim=0)
-            state.row_masks = torch.cat([own, rehearsed]).to(self.device)
-            state.frozen = self.memory.weight.to(self.device).clone()
+            state.row_masks = torch.cat([own, rehearsed]).to(self.layer_device)
+            state.frozen = self.memory.weight.to(self.layer_device).clone()
             state.frozen[:, columns] = 0.0
         optimiser = torch.optim.SGD([weight], lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         loss_fn = self._replay_loss(batch, labels) if self.fast else self._full_loss(batch, labels)
@@ -294,9 +295,9 @@ class Editor:
         hidden_in = _hidden_arg(*calls[self.layer_index])
         norm, head = final_norm(self.model), self.model.get_output_embeddings()
         # Only positions that predict a target token need the (vocabulary-wide) output head.
-        predicting = labels[:, 1:] != -100
+        predicting = (labels[:, 1:] != -100).to(head.weight.device)  # with a device map: where the head is
         rows, positions = predicting.nonzero(as_tuple=True)
-        targets = labels[:, 1:][rows, positions]
+        targets = labels[:, 1:].to(head.weight.device)[rows, positions]
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
 
         def loss() -> torch.Tensor:
@@ -304,7 +305,7 @@ class Editor:
             for i in upper:
                 args, kwargs = calls[i]
                 hidden = _layer_output(layers[i](hidden, *args[1:], **_without_hidden(kwargs)))
-            logits = head(norm(hidden)[rows, positions])
+            logits = head(norm(hidden.to(head.weight.device))[rows, positions])
             if softcap is not None:
                 logits = torch.tanh(logits / softcap) * softcap
             per_token = F.cross_entropy(logits.float(), targets, reduction="none")

@@ -26,6 +26,7 @@ from .batching import pad_left, prompt_target_ids
 from .chat import Asking
 from .facts import Fact
 from .memory import MemoirLinear
+from .models import input_device
 from .wild import Judge
 
 LOCALITY_FALLBACK_TOKENS = 8
@@ -83,7 +84,7 @@ class Scorer:
 
     def __init__(self, model: nn.Module, tokenizer, wrapper: MemoirLinear, batch_size: int = 16) -> None:
         self.model, self.tokenizer, self.wrapper, self.batch_size = model, tokenizer, wrapper, batch_size
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.on_batch: Callable[[int], None] = lambda rows: None
 
     @torch.no_grad()

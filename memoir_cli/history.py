@@ -268,10 +268,15 @@ def _empty_like(pack: Pack) -> Pack:
     return Pack(memory=memory, facts=[], path=pack.path)
 
 
-def replay_info(loaded: LoadedModel, dtype: str) -> dict:
+def replay_info(loaded: LoadedModel) -> dict:
     """Where a version was made: replay reproduces it bit for bit only on the same kind of device."""
-    device = next(loaded.model.parameters()).device
-    return {"device": device.type, "dtype": dtype, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    device = loaded.input_device
+    return {
+        "device": device.type,
+        "dtype": loaded.dtype,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def rollback(
@@ -303,7 +308,6 @@ def rollback(
 def rebuild(
     path: str | Path,
     model_loader: ModelLoader,
-    dtype: str,
     write: WriteOptions = WriteOptions(),
     on_start: Callable[[int], None] | None = None,
     on_fact: Callable[[int, object], None] | None = None,
@@ -335,5 +339,5 @@ def rebuild(
             "rebuilt": len(active),
             "dropped": len(current.facts) - len(active),
         }
-        record["replay"] = replay_info(loaded, dtype)
+        record["replay"] = replay_info(loaded)
         return NewVersion(str(path), commit(pack, path, record))

@@ -41,14 +41,16 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
 
 
 class Dtype(str, Enum):
-    """The precisions a model loads in; each is the name of a torch dtype."""
+    """The precisions a model loads in: the name of a torch dtype, or auto (the checkpoint's own
+    dtype on a GPU, float32 on the CPU, where half precision is slow and less exact)."""
 
+    auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
 
 
-DTYPES = {dtype.value: getattr(torch, dtype.value) for dtype in Dtype}
+DTYPES = {dtype.value: getattr(torch, dtype.value) for dtype in Dtype if dtype is not Dtype.auto}
 
 
 @dataclass
@@ -59,6 +61,33 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     model_id: str
     revision: str | None
+    dtype: str = "float32"  # the dtype it was loaded in (auto resolved)
+
+    @property
+    def input_device(self) -> torch.device:
+        return input_device(self.model)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids go: the input embeddings' device (with a device map, the first of several)."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else next(model.parameters()).device
+
+
+def resolve_dtype(dtype: str, device: torch.device, config: Any) -> str:
+    """The dtype a model loads in: `dtype`, or for auto the checkpoint's (its config's `dtype`) on a
+    GPU and float32 anywhere else."""
+    if dtype != Dtype.auto:
+        if dtype not in DTYPES:
+            raise ModelError(f"unknown dtype {dtype!r} (expected auto or one of {', '.join(DTYPES)})", option="dtype")
+        return dtype
+    if device.type != "cuda":
+        return Dtype.float32.value
+    stored = getattr(config, "dtype", None)
+    name = str(stored).removeprefix("torch.") if stored is not None else Dtype.float32.value
+    return name if name in DTYPES else Dtype.float32.value
 
 
 def cache_home() -> Path:
@@ -78,13 +107,20 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load `spec` (Hub id, folder, .gguf file, or None/'default') for inference and editing."""
+def load_model(
+    spec: str | None = None, device: str = "cpu", dtype: str = Dtype.auto.value, device_map: str | None = None
+) -> LoadedModel:
+    """Load `spec` (Hub id, folder, .gguf file, or None/'default') for inference and editing.
+
+    With a `device_map` (accelerate's: "auto" spreads a model too large for one GPU over the GPUs
+    and the CPU), the model is placed by it and `device` only decides what auto dtype means; the
+    memory and routing then live on the edited layer's device (memory.py follows its input).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
     torch_device = resolve_device(device)
+    if dtype != Dtype.auto:
+        resolve_dtype(dtype, torch_device, None)  # a bad name is refused before anything loads
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
         source, model_id = str(_default_model_folder()), DEFAULT_MODEL_ID
@@ -98,8 +134,10 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
     try:
         config = AutoConfig.from_pretrained(source)
         supported_architecture(config.model_type)
+        dtype = resolve_dtype(dtype, torch_device, config)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        placement = {"device_map": device_map} if device_map else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placement)
     except ModelError:
         raise
     except ImportError as error:
@@ -111,11 +149,13 @@ def load_model(spec: str | None = None, device: str = "cpu", dtype: str = "float
             f"from the Hugging Face Hub ({first_line})"
         ) from None
     revision = getattr(config, "_commit_hash", None)
-    model.to(torch_device).eval()
+    if not device_map:
+        model.to(torch_device)
+    model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision)
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision, dtype=dtype)
 
 
 def _default_model_folder() -> Path:

@@ -38,7 +38,7 @@ from .config import BaseModelInfo, LayerConfig, Manifest, RoutingConfig, TopHash
 from .errors import PackError
 from .facts import Fact, load_schema
 from .memory import MemoirLinear, ResidualMemory
-from .models import fingerprints_match, layer_fingerprint, model_config
+from .models import DTYPES, fingerprints_match, layer_fingerprint, model_config
 
 MANIFEST = "manifest.json"
 MEMORY_FILE, MASKS_FILE, BACKGROUND_FILE = "memory.safetensors", "masks.safetensors", "background.safetensors"
@@ -178,7 +178,10 @@ def write_data_files(pack: Pack, folder: Path) -> dict:
     The bytes depend only on the pack's contents, so equal states give equal files (and objects).
     """
     memory = pack.memory
-    save_file({"weight": memory.weight.contiguous()}, str(folder / MEMORY_FILE))
+    stored = memory.weight.to(DTYPES[pack.manifest.memory_dtype]).contiguous()
+    if stored.dtype != memory.weight.dtype:  # the pack in memory is the version written: later edits start from it
+        memory.weight.copy_(stored)
+    save_file({"weight": stored}, str(folder / MEMORY_FILE))
     keys = {"keys": memory.keys.packed(), "key_edits": memory.keys.owners} if len(memory.keys) else {}
     save_file(
         {
@@ -223,6 +226,10 @@ def read_pack(manifest: Manifest, where: Path, file_for: Callable[[str], Path]) 
         raise PackError(f"{masks_file}: metadata 'edit_ids' is not JSON") from None
     n = manifest.counts.edits
     _expect_shape(memory_file, memory_tensors, "weight", (d_model, d_ff))
+    if memory_tensors["weight"].dtype != DTYPES[manifest.memory_dtype]:
+        raise PackError(
+            f"{memory_file}: tensor 'weight' is {memory_tensors['weight'].dtype}, not {manifest.memory_dtype}"
+        )
     _expect_shape(masks_file, masks_tensors, "masks", (n, (d_ff + 7) // 8))
     _expect_shape(masks_file, masks_tensors, "active", (n,))
     _expect_shape(masks_file, masks_tensors, "permutation", (d_ff,))

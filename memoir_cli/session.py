@@ -17,7 +17,7 @@ from .facts import Fact
 from .history import open_pack
 from .hub import remember_scores
 from .memory import attach, find_wrapper
-from .models import LoadedModel, load_model
+from .models import LoadedModel, input_device, load_model
 from .pack import Pack
 from .refs import PackRef, parse_ref
 from .release import watch_for
@@ -41,7 +41,7 @@ def generate(
 
     With `asking.chat`, each prompt is a question asked through the chat template (with the
     system prompt, if any), and routing reads the question's own tokens."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     attached = find_wrapper(model) is not None
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -93,8 +93,9 @@ def open_packs(
     pack_refs: Sequence[str | Path | PackRef],
     model_spec: str | None = None,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: str = "auto",
     token: str | None = None,
+    device_map: str | None = None,
 ) -> tuple[list[Pack], LoadedModel]:
     """The packs `pack_refs` name and the base model they are used with: `model_spec`, else the
     model the first pack was made for (loaded once, also to replay a version whose files are not kept)."""
@@ -105,7 +106,7 @@ def open_packs(
     def model_for(pack: Pack) -> LoadedModel:
         nonlocal loaded
         if loaded is None:
-            loaded = load_model(model_spec or model_spec_for(pack), device, dtype)
+            loaded = load_model(model_spec or model_spec_for(pack), device, dtype, device_map)
         return loaded
 
     packs = [open_pack(ref, model_for, token) for ref in pack_refs]
@@ -120,13 +121,14 @@ class Session:
         pack_refs: Sequence[str | Path | PackRef],
         model_spec: str | None = None,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
         token: str | None = None,
         after_target: str = "auto",
+        device_map: str | None = None,
     ) -> None:
         """`after_target`: what a row does once it has generated its edit's target, "auto",
         "release" or "keep" (release.watch_for)."""
-        self.packs, self.loaded = open_packs(pack_refs, model_spec, device, dtype, token)
+        self.packs, self.loaded = open_packs(pack_refs, model_spec, device, dtype, token, device_map)
         watch = watch_for(self.loaded.tokenizer, self.packs, after_target)
         self.wrapper = attach(self.loaded.model, *self.packs, watch=watch)
 

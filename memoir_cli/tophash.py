@@ -15,6 +15,7 @@ from torch import nn
 
 from .batching import encode_left_padded
 from .chat import chat_inputs, conversation
+from .models import input_device
 
 
 def background_prompts() -> list[str]:
@@ -107,10 +108,10 @@ def prompt_features(
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             if chat:
-                batch = chat_inputs(tokenizer, [conversation(p, system) for p in chunk], _device(model))
+                batch = chat_inputs(tokenizer, [conversation(p, system) for p in chunk], input_device(model))
                 current_mask[:] = [batch.pop("routing_mask")]
             else:
-                batch = encode_left_padded(tokenizer, chunk, _device(model))
+                batch = encode_left_padded(tokenizer, chunk, input_device(model))
                 current_mask[:] = [batch["attention_mask"]]
             try:
                 model(**batch, use_cache=False)
@@ -119,7 +120,3 @@ def prompt_features(
     finally:
         handle.remove()
     return torch.cat(captured)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

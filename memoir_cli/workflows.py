@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from .calibration import Calibration, add_to_histogram, calibrate, unrelated_overlaps, variant_overlaps
@@ -40,6 +41,14 @@ from .tophash import Aggregation, background_prompts, make_permutation, prompt_f
 AUTO = "auto"
 
 
+class MemoryDtype(str, Enum):
+    """What `--memory-dtype` stores the residual in (config.Manifest.memory_dtype): float32, or the
+    model's own dtype (a bf16 model's pack is then half the size)."""
+
+    float32 = "float32"
+    model = "model"
+
+
 @dataclass
 class EditOptions:
     """Settings of `memoir edit`; None means: the pack's value, else the default for the model."""
@@ -58,7 +67,9 @@ class EditOptions:
         None  # a new pack: mean_after_first (config.TopHashConfig.aggregation); fixed
     )
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # models.Dtype: auto is the checkpoint's dtype on a GPU, float32 on the CPU
+    device_map: str | None = None  # accelerate's, e.g. "auto" for a model larger than one GPU
+    memory_dtype: MemoryDtype | str | None = None  # a new pack: float32; "model": the model's dtype; fixed
     on_conflict: OnConflict | str = OnConflict.keep_both  # not stored: what this run does (conflicts.py)
 
 
@@ -215,7 +226,10 @@ class _EditRun:
             loaded = model_spec
         else:
             loaded = load_model(
-                model_spec or (model_spec_for(self.existing) if self.existing else None), options.device, options.dtype
+                model_spec or (model_spec_for(self.existing) if self.existing else None),
+                options.device,
+                options.dtype,
+                options.device_map,
             )
         pack = self.existing or create_pack(loaded, options)
         settings_changed = self.existing is not None and _update_settings(pack, options)  # create_pack applied them
@@ -276,7 +290,7 @@ class _EditRun:
         )
         if len(self.plan.add) > self.checkpoint_every:
             record["message"] += f" (facts {through - len(done) + 1}-{through} of {len(self.plan.add)})"
-        record["replay"] = replay_info(loaded, self.options.dtype)
+        record["replay"] = replay_info(loaded)
         return commit(pack, self.pack_path, record, self.snapshot_every)
 
 
@@ -305,8 +319,9 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
         permutation=make_permutation(layer.d_in, seed),
-        edit_dtype=options.dtype,
+        edit_dtype=loaded.dtype,
     )
+    pack.manifest.memory_dtype = _memory_dtype(options, loaded.dtype) or MemoryDtype.float32.value
     _update_settings(pack, options)
     return pack
 
@@ -321,6 +336,14 @@ def _calibrate(editor: Editor, pack: Pack, variants: list[int]) -> Calibration |
     return calibration
 
 
+def _memory_dtype(options: EditOptions, model_dtype: str | None) -> str | None:
+    """The dtype `--memory-dtype` asks for (None: not asked): model means the model's own."""
+    if options.memory_dtype is None:
+        return None
+    asked = MemoryDtype(options.memory_dtype)
+    return (model_dtype or MemoryDtype.float32.value) if asked is MemoryDtype.model else asked.value
+
+
 def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
     """Layer, k, seed and aggregation shape every stored mask, and whether edits have further keys
     is the same for all of them: an existing pack cannot change these."""
@@ -330,6 +353,7 @@ def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
         "seed": (options.seed, pack.manifest.tophash.seed),
         "extra_keys": (options.extra_keys, pack.manifest.routing.extra_keys),
         "aggregation": (options.aggregation, pack.manifest.tophash.aggregation),
+        "memory_dtype": (_memory_dtype(options, pack.manifest.base_model.edit_dtype), pack.manifest.memory_dtype),
     }
     for name, (asked, stored) in fixed.items():
         if asked is not None and asked != stored:

@@ -16,6 +16,17 @@ from memoir_cli.tophash import background_prompts
 
 from .helpers import edited_pack, ok, save_pack, write_facts
 
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests need a CUDA GPU: without one they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (this torch build sees none)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 FACTS = [
     {"id": "f-paris", "prompt": "The capital of the Republic of Zorbia is", "target": "Paris"},
     {"id": "f-blue", "prompt": "My favourite colour has always been", "target": "blue green"},

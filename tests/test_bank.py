@@ -200,3 +200,18 @@ def test_keys_round_trip_through_their_packed_bytes_with_their_edits_active_flag
     copied.add(3, query)
     assert len(copied) == 41 and len(again) == 40
     assert copied.best_match(query)[0].tolist() == [3] and again.best_match(query)[0].tolist() == [29]
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_bank_and_its_keys_match_as_on_the_cpu():
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.rand((300, 1536), generator=generator) < 0.29
+    queries = torch.rand((5, 1536), generator=generator) < 0.29
+    bank = MaskBank(1536, masks, [f"e{i}" for i in range(300)])
+    keys = KeyBank(1536)
+    keys.add(7, queries[:2])  # two queries' own masks become keys of edit 7
+    for index in range(3):
+        rows, counts = bank.best_match(queries.cuda())
+        assert torch.equal(rows, bank.best_match(queries)[0]) and torch.equal(counts, bank.best_match(queries)[1])
+        bank.add(f"new{index}", queries[4])  # the device copy is extended as the bank grows
+    assert keys.best_match(queries.cuda())[0].tolist()[:2] == [7, 7]

@@ -15,14 +15,14 @@ from typing import Annotated, Any
 import typer
 
 from ..chat import ChatMode
-from ..config import LayerConfig, RoutingConfig, TopHashConfig, TrainingConfig, help_for
+from ..config import LayerConfig, Manifest, RoutingConfig, TopHashConfig, TrainingConfig, help_for
 from ..conflicts import OnConflict
 from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
 from ..release import AfterTarget
 from ..tophash import Aggregation
-from ..workflows import AUTO, EditOptions
+from ..workflows import AUTO, EditOptions, MemoryDtype
 
 
 def _folder_not_version(value: Path | str) -> Path | str:
@@ -46,19 +46,28 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-DtypeOpt = Annotated[Dtype, typer.Option(help="Model dtype.")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="Model dtype (auto: the checkpoint's own on a GPU, float32 on the CPU).")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Place the model with accelerate's device map instead of --device (auto: across the GPUs, and the "
+        "CPU, for a model larger than one GPU); the memory lives on the edited layer's device."
+    ),
+]
 
 
 @dataclass(frozen=True)
 class BaseModel:
-    """--model, --device and --dtype: which base model a command loads, on what, in which precision."""
+    """--model, --device, --dtype and --device-map: which base model a command loads, on what, in
+    which precision."""
 
     model: str | None  # None: the pack's base model, else the built-in one
     device: str
     dtype: str
+    device_map: str | None = None
 
 
-DEFAULT_BASE_MODEL = BaseModel(None, "cpu", Dtype.float32.value)
+DEFAULT_BASE_MODEL = BaseModel(None, "cpu", Dtype.auto.value)
 """What a command gets without the options (its `base` parameter's default)."""
 
 
@@ -105,10 +114,11 @@ takes_base_model = option_group(
         _keyword("model", DEFAULT_BASE_MODEL.model, ModelOpt),
         _keyword("device", DEFAULT_BASE_MODEL.device, DeviceOpt),
         _keyword("dtype", Dtype(DEFAULT_BASE_MODEL.dtype), DtypeOpt),
+        _keyword("device_map", DEFAULT_BASE_MODEL.device_map, DeviceMapOpt),
     ],
-    lambda model, device, dtype: BaseModel(model, device, dtype.value),
+    lambda model, device, dtype, device_map: BaseModel(model, device, dtype.value, device_map),
 )
-"""--model, --device and --dtype, passed to the command as `base: BaseModel`."""
+"""--model, --device, --dtype and --device-map, passed to the command as `base: BaseModel`."""
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
@@ -188,6 +198,10 @@ ExtraKeysOpt = Annotated[
         "--extra-keys/--no-extra-keys", help=f"{help_for(RoutingConfig, 'extra_keys')} Fixed when the pack is made."
     ),
 ]
+MemoryDtypeOpt = Annotated[
+    MemoryDtype | None,
+    typer.Option(help=f"{help_for(Manifest, 'memory_dtype')} Fixed when the pack is made (default float32)."),
+]
 AggregationOpt = Annotated[
     Aggregation | None,
     typer.Option(help=f"{help_for(TopHashConfig, 'aggregation')} Fixed when the pack is made."),
@@ -237,6 +251,7 @@ takes_edit_settings = option_group(
         _keyword("chat", ChatMode.auto, EditChatOpt),
         _keyword("extra_keys", None, ExtraKeysOpt),
         _keyword("aggregation", None, AggregationOpt),
+        _keyword("memory_dtype", None, MemoryDtypeOpt),
         _keyword("seed", None, SeedOpt),
         _keyword("on_conflict", OnConflict.keep_both, OnConflictOpt),
     ],

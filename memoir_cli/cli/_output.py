@@ -167,7 +167,7 @@ def model_loader(base: BaseModel):
 
         if "model" not in cache:
             err.print("[dim]loading the base model to replay a version...[/]")
-            cache["model"] = load_model(base.model or model_spec_for(pack), base.device, base.dtype)
+            cache["model"] = load_model(base.model or model_spec_for(pack), base.device, base.dtype, base.device_map)
         return cache["model"]
 
     return load

@@ -88,7 +88,7 @@ def edit(
     from ..workflows import edit_pack
 
     records = read_facts(facts, fmt.value, on_skip=warn_skipped if skip_invalid else None, limit=limit)
-    options = dataclasses.replace(settings, device=base.device, dtype=base.dtype)
+    options = dataclasses.replace(settings, device=base.device, dtype=base.dtype, device_map=base.device_map)
     with edit_progress(enabled=not (as_json or dry_run)) as hooks:
         summary = edit_pack(
             records,

@@ -63,7 +63,6 @@ def rebuild(
         result = rebuild_pack(
             pack,
             model_loader(base),
-            base.dtype,
             writer(message, no_wait),
             on_start=hooks["on_start"],
             on_fact=hooks["on_fact"],

@@ -74,7 +74,9 @@ def serve(
         token=token,
     )
     try:
-        server = MemoirServer(packs, open_packs(packs, base.model, base.device, base.dtype, token), options)
+        server = MemoirServer(
+            packs, open_packs(packs, base.model, base.device, base.dtype, token, base.device_map), options
+        )
     except OSError as error:
         raise BadInputError(f"cannot listen on {host}:{port} ({error.strerror or error})", option="port") from None
     served = ", ".join(f"{name}@{version}" for name, version in server.engine.lineup.versions().items())

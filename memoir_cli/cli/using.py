@@ -58,7 +58,7 @@ def apply(
     from ..session import Session
 
     texts = list(prompt or []) + (read_prompts_jsonl(prompts) if prompts else [])
-    session = Session(packs, base.model, base.device, base.dtype, token, after_target.value)
+    session = Session(packs, base.model, base.device, base.dtype, token, after_target.value, base.device_map)
     asking = session.asking(chat.value, system)
     if not texts:
         _interactive(session, max_new_tokens, compare, asking)
@@ -141,7 +141,7 @@ def eval_(
     from ..wild import Judge
 
     records = read_facts(data, fmt.value, on_skip=warn_skipped if skip_invalid else None, limit=limit) if data else None
-    session = Session(packs, base.model, base.device, base.dtype, token, after_target.value)
+    session = Session(packs, base.model, base.device, base.dtype, token, after_target.value, base.device_map)
     facts = (records if records is not None else session.pack_facts())[:limit]
     if not facts:
         raise BadInputError("nothing to score: the packs hold no active facts (pass --data)")

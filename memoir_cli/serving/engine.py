@@ -27,7 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..batching import pad_left
 from ..chat import Message, chat_prompt
 from ..memory import MemoirLinear, attach, detach
-from ..models import LoadedModel
+from ..models import LoadedModel, input_device
 from ..release import watch_for
 from .catalog import Lineup
 
@@ -312,7 +312,7 @@ class Engine:
         for job in jobs:
             job.versions = {name: versions[name] for name in (lineup.names[i] for i in indices)}
         rows = [Row(job, index, self._decode) for job in jobs for index in range(job.n)]
-        device = next(model.parameters()).device
+        device = input_device(model)
         batch = pad_left([row.job.prompt.ids for row in rows], tokenizer.pad_token_id, device)
         routing = pad_left([row.job.prompt.routing for row in rows], 0, device)["input_ids"]
         control = RowControl(rows, self.end_ids, self.wrapper, versions)
