@@ -104,7 +104,7 @@ class Editor:
         self.model, self.tokenizer, self.wrapper, self.pack = model, tokenizer, wrapper, pack
         self.memory, self.facts = pack.memory, pack.facts
         self.fast = fast
-        self.device = model.get_input_embeddings().weight.device  # where the batch goes
+        self.device = input_device(model)  # where the batch goes
         self.layer_device = wrapper.base.weight.device  # where the memory trains (a device map may differ)
 
     @property

@@ -63,9 +63,7 @@ class EditOptions:
     rehearse_overlap: float | None = None
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
     extra_keys: bool | None = None  # a new pack: on (config.RoutingConfig.extra_keys); fixed from then on
-    aggregation: Aggregation | str | None = (
-        None  # a new pack: mean_after_first (config.TopHashConfig.aggregation); fixed
-    )
+    aggregation: Aggregation | str | None = None  # a new pack: mean_after_first (TopHashConfig); fixed
     device: str = "cpu"
     dtype: str = "auto"  # models.Dtype: auto is the checkpoint's dtype on a GPU, float32 on the CPU
     device_map: str | None = None  # accelerate's, e.g. "auto" for a model larger than one GPU
