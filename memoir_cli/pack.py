@@ -109,11 +109,13 @@ class Pack:
             "layer": m.layer.path,
             "d_ff": m.layer.d_ff,
             "k": m.tophash.k,
+            "aggregation": m.tophash.aggregation,
             "threshold": m.routing.threshold,
             "routing": self.routing_summary(),
             "seed": m.tophash.seed,
             "edits": m.counts.edits,
             "active": m.counts.active,
+            "keys": m.counts.keys,  # routing keys besides the edits' trained masks
             "memory_dtype": m.memory_dtype,
             "bytes": sum(f["bytes"] for f in m.files.values()),
             "created_at": m.created_at,

@@ -100,6 +100,8 @@ def test_apply_asks_a_chat_pack_through_the_template_with_a_system_prompt(tmp_pa
     ok("edit", write_facts(tmp_path / "f.jsonl", FACTS), "--pack", pack, "--model", chat_model_dir, "--steps", 2)
     manifest = json.loads((pack / "manifest.json").read_text())
     assert manifest["training"]["chat"] is True and manifest["counts"]["keys"] == 3 * len(FACTS)  # bare, 2 systems
+    shown = ok("show", pack, "--json")
+    assert (shown["keys"], shown["aggregation"]) == (3 * len(FACTS), "mean_after_first")
     asked = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--json")  # auto: a chat pack is asked in chat
     bare = ok("apply", pack, "--prompt", FACTS[2]["prompt"], "--chat", "off", "--json")
     assert asked[0]["edit_id"] == FACTS[2]["id"] and asked[0]["overlap"] == 1.0  # the key is the chat question's
