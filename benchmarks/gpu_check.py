@@ -22,6 +22,7 @@ import torch
 from _environment import environment
 from zsre import ZSRE
 
+from memoir_cli.chat import has_chat_template
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
 from memoir_cli.session import Session
@@ -49,6 +50,11 @@ def tokens_per_second(session: Session, prompts: list[str], device: str) -> floa
     return len(prompts[:BATCH]) * NEW_TOKENS / (time.perf_counter() - started)
 
 
+def wild_cell(scores: dict | None) -> str:
+    """WILD Rel/Gen/Loc of one context, or "-" where the model has no chat template."""
+    return "/".join(f"{scores[key]:.2f}" for key in ("rel", "gen", "loc")) if scores else "-"
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -63,7 +69,8 @@ def check(name: str, spec: str, facts, work: Path, device: str) -> dict:
     edit_seconds = time.perf_counter() - started
     session = Session([work / name], spec, device=device, dtype="bfloat16")
     started = time.perf_counter()
-    report = session.evaluate(facts, check_generation=True, wild_contexts=["question", "chat"]).to_json()
+    contexts = ["question", "chat"] if has_chat_template(session.loaded.tokenizer) else ["question"]
+    report = session.evaluate(facts, check_generation=True, wild_contexts=contexts).to_json()
     eval_seconds = time.perf_counter() - started
     speed = tokens_per_second(session, [f.prompt for f in facts], device)
     return {
@@ -96,13 +103,13 @@ def main() -> None:
             rows.append(check(name, spec(), facts, Path(folder), args.device))
             print(f"[gpu_check] {name}: done", flush=True)
     header = f"{'model':<24} {'s/edit':>7} {'median':>7} {'tok/s':>8} {'peak GiB':>9}"
-    print(f"\n{header} {'TF Rel/Gen/Loc':>16} {'WILD chat Rel/Gen/Loc':>22}")
+    print(f"\n{header} {'TF Rel/Gen/Loc':>16} {'WILD question Rel/Gen/Loc':>26} {'WILD chat':>16}")
     for row in rows:
         tf = "/".join(f"{row['scores'][k]:.2f}" for k in ("rel", "gen", "loc"))
-        chat = "/".join(f"{row['wild']['chat'][k]:.2f}" for k in ("rel", "gen", "loc"))
+        question, chat = (wild_cell(row["wild"].get(context)) for context in ("question", "chat"))
         print(
             f"{row['model']:<24} {row['seconds_per_edit']:>7.2f} {row['median_seconds_per_edit']:>7.2f} "
-            f"{row['tokens_per_second']:>8.1f} {row['peak_memory_gib']:>9.2f} {tf:>16} {chat:>22}"
+            f"{row['tokens_per_second']:>8.1f} {row['peak_memory_gib']:>9.2f} {tf:>16} {question:>26} {chat:>16}"
         )
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
     document = {"benchmark": "gpu_check", **environment(), "device": args.device, "gpu": gpu, "rows": rows}
