@@ -252,8 +252,15 @@ class KeyBank:
         self._owners[start:end] = owner
 
     def deactivate(self, owner: int) -> None:
-        for row in np.flatnonzero(self._owners[: len(self)] == owner).tolist():
+        for row in self._rows_of(owner).tolist():
             self._masks.deactivate(str(row))
+
+    def masks_of(self, owner: int) -> torch.Tensor:
+        """The keys of the edit at bank row `owner`, unpacked: bool [its keys, d_ff]."""
+        return self._masks.rows(self._rows_of(owner).tolist())
+
+    def _rows_of(self, owner: int) -> np.ndarray:
+        return np.flatnonzero(self._owners[: len(self)] == owner)
 
     def packed(self) -> torch.Tensor:
         return self._masks.packed()

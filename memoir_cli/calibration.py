@@ -137,7 +137,7 @@ def variant_overlaps(editor: Editor, fact: Fact) -> list[float]:
     features = [_features(editor, prompts, chat=False)]
     features += [_features(editor, [fact.prompt], chat=True, system=system) for system in systems]
     masks = memory.query_masks(torch.cat(features))
-    return memory.routing_overlaps(masks)[:, memory.bank.row_of(fact.id)].tolist()
+    return memory.edit_overlaps(masks, memory.bank.row_of(fact.id)).tolist()
 
 
 def unrelated_overlaps(editor: Editor) -> list[float]:

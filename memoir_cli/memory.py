@@ -84,6 +84,12 @@ class ResidualMemory:
         (its trained mask and its further keys): [batch, n]."""
         return torch.maximum(self.bank.shared(queries), self.keys.shared_per_edit(queries, len(self.bank))) / self.k
 
+    def edit_overlaps(self, queries: torch.Tensor, row: int) -> torch.Tensor:
+        """Each query's overlap with the edit at bank row `row` alone, the best over its keys: [batch]
+        (routing_overlaps' column for it, without comparing the query with every other edit)."""
+        keys = torch.cat([self.bank.rows([row]), self.keys.masks_of(row)]).float()  # [1 + its keys, d_ff]
+        return (queries.float() @ keys.T).amax(dim=1) / self.k
+
     def best_match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each query's best active edit (bank row, -1 if none) over all its keys, and the overlap.
         Ties go to the most recent edit."""

@@ -262,3 +262,12 @@ def test_each_stacked_pack_routes_with_its_own_pooling(model, tokenizer):
     logits(model, tokenizer, [FACTS[0]["prompt"], FACTS[1]["prompt"]])
     routed = [(r["edit_id"], r["overlap"]) for r in wrapper.describe_routes()]
     assert routed == [(FACTS[0]["id"], 1.0), (FACTS[1]["id"], 1.0)]  # each key is met exactly as it was made
+
+
+def test_one_edits_overlaps_equal_that_edits_column_of_the_routing_overlaps(model, tokenizer, pack):
+    memory = pack.memory
+    queries = memory.query_masks(torch.randn(5, memory.bank.d_ff, generator=torch.Generator().manual_seed(1)))
+    memory.keys.add(1, queries[:2])  # two further keys for edit 1: queries 0 and 1 match it exactly
+    for row in range(len(memory.bank)):
+        assert torch.equal(memory.edit_overlaps(queries, row), memory.routing_overlaps(queries)[:, row])
+    assert memory.edit_overlaps(queries, 1)[:2].tolist() == [1.0, 1.0]
