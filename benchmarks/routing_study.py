@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from _environment import environment
-from zsre import EARLIER_TURNS, SYSTEM, ZSRE
+from zsre import EARLIER_TURNS, SYSTEM, ZSRE, contested_records
 
 from memoir_cli.batching import encode_left_padded
 from memoir_cli.calibration import add_to_histogram, calibrate, calibration_prompts
@@ -57,7 +57,7 @@ class _Stop(Exception):
     pass
 
 
-def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+def pool(x: torch.Tensor, mask: torch.Tensor, how: str, centre: torch.Tensor | None = None) -> torch.Tensor:
     """One feature per row from x [batch, seq, d] over the positions where mask [batch, seq] is 1:
     the mean (the paper), the last token, the mean of the last three, or the mean without the first."""
     mask = mask.to(torch.float32)
@@ -69,6 +69,20 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
         count = mask.sum(1, keepdim=True)
         mask = mask * ((from_end <= 3) if how == "tail3" else (from_end < count)).float()
         mask = torch.where(mask.sum(1, keepdim=True) > 0, mask, (from_end == 1).float())
+    if how in ("salient", "absdev", "maxdev"):
+        from_end = mask.flip(1).cumsum(1).flip(1)
+        count = mask.sum(1, keepdim=True)
+        rest = mask * (from_end < count).float()
+        mask = torch.where(rest.sum(1, keepdim=True) > 0, rest, mask)
+        dev = x.float() - centre
+        if how == "salient":
+            w = mask * dev.norm(dim=-1) ** 2
+            w = w.unsqueeze(-1)
+            return (x.float() * w).sum(1) / w.sum(1).clamp_min(1e-6)
+        if how == "maxdev":
+            return (dev.abs() * mask.unsqueeze(-1)).amax(1)
+        weights = mask.unsqueeze(-1)
+        return (dev.abs() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
     weights = mask.unsqueeze(-1)
     return (x.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
@@ -80,6 +94,8 @@ class Reader:
     model: torch.nn.Module
     tokenizer: object
     layers: list[int]
+    features: tuple[str, ...] = FEATURES
+    centres: dict | None = None  # layer -> the background prompts' mean token feature
 
     @torch.no_grad()
     def read(self, prompts: list, chat: bool) -> dict[tuple[int, str], torch.Tensor]:
@@ -90,8 +106,9 @@ class Reader:
 
         def hook_for(layer):
             def hook(_module, args):
-                for how in FEATURES:
-                    out.setdefault((layer, how), []).append(pool(args[0], mask[0], how))
+                for how in self.features:
+                    centre = self.centres[layer] if self.centres else None
+                    out.setdefault((layer, how), []).append(pool(args[0], mask[0], how, centre))
                 if layer == last:
                     raise _Stop
 
@@ -181,6 +198,7 @@ def study(
     calibration = calibrate(unrelated.tolist(), add_to_histogram([], own_overlaps), k, 0.5)
     tau = calibration.threshold if fixed_tau is None else fixed_tau
     targets = [f.target for f in facts[:t]]
+    contested = torch.tensor(contested_records(facts[:t]))
 
     def routed(name: str) -> torch.Tensor:
         best, top, second = route(name)
@@ -214,6 +232,9 @@ def study(
         "crowded_same": share(crowded == bare),
         "gen_bare_own": share(gen_bare == own),
         "gen_chat_own": share(gen_chat == own),
+        "gen_bare_own_agreed": share((gen_bare == own)[~contested]),
+        "gen_chat_own_agreed": share((gen_chat == own)[~contested]),
+        "agreed": int((~contested).sum()),
         "gen_bare_answer": share(same_answer(gen_bare)),
         "gen_chat_answer": share(same_answer(gen_chat)),
         "loc_bare_none": share(routed("loc_bare") < 0),
@@ -227,8 +248,10 @@ def routed_all(route, name: str, tau: float) -> torch.Tensor:
     return torch.where(top >= tau, best, torch.full_like(best, -1))
 
 
-def read_features(loaded, facts, layers: list[int], prefixes: list[str], uses: int) -> dict:
-    reader = Reader(loaded.model, loaded.tokenizer, layers)
+def read_features(loaded, facts, layers: list[int], prefixes: list[str], uses: int, features) -> dict:
+    first = Reader(loaded.model, loaded.tokenizer, layers, ("rest",)).read(background_prompts(), False)
+    centres = {layer: first[(layer, "rest")].mean(0) for layer in layers}
+    reader = Reader(loaded.model, loaded.tokenizer, layers, tuple(features), centres)
     questions = [f.prompt for f in facts]
     rephrases = [f.rephrases[0] for f in facts]
     locs = [f.locality[0]["prompt"] for f in facts]
@@ -263,6 +286,9 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, nargs="+", help="layers to read features at (default: edit layer and 3 others)"
     )
+    parser.add_argument("--features", nargs="+", default=list(FEATURES))
+    parser.add_argument("--keys", nargs="+", default=list(KEY_SETS))
+    parser.add_argument("--no-extras", action="store_true", help="skip the z, layer, margin and sweep rows")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routing_study.json"))
     args = parser.parse_args()
     loaded = load_model()
@@ -274,23 +300,24 @@ def main() -> None:
     prefixes = generate_prefixes(loaded.model, loaded.tokenizer, seed)
     uses = 2  # variants per kind that calibrate (and, in the +systems / +prefixed key sets, key) an edit
     print(f"reading features of {len(facts)} records at layers {layers}", flush=True)
-    feats = read_features(loaded, facts, layers, prefixes, uses)
+    feats = read_features(loaded, facts, layers, prefixes, uses, args.features)
     feats["permutation"] = make_permutation(edit.d_in, seed)
     rows = []
-    variants = [(edit.index, how, KEY_SETS[name], "best") for how in FEATURES for name in KEY_SETS]
-    variants += [(edit.index, f"{how}-z", KEY_SETS[name], "best") for how in ("mean", "rest") for name in KEY_SETS]
-    variants += [
-        (layer, "mean", KEY_SETS[name], "best")
-        for layer in layers
-        if layer != edit.index
-        for name in ("chat", "chat+bare")
-    ]
-    variants += [(edit.index, "mean", KEY_SETS[name], "margin") for name in ("chat", "chat+bare")]
+    variants = [(edit.index, how, KEY_SETS[name], "best") for how in args.features for name in args.keys]
+    if not args.no_extras:
+        variants += [(edit.index, f"{how}-z", KEY_SETS[name], "best") for how in ("mean", "rest") for name in KEY_SETS]
+        variants += [
+            (layer, "mean", KEY_SETS[name], "best")
+            for layer in layers
+            if layer != edit.index
+            for name in ("chat", "chat+bare")
+        ]
+        variants += [(edit.index, "mean", KEY_SETS[name], "margin") for name in ("chat", "chat+bare")]
     for t in sorted(args.t):
         t = min(t, len(facts))
         for layer, how, key_set, rule in variants:
             rows.append(study(feats, facts, uses, layer, how, key_set, t, k, rule))
-        for how in ("mean", "rest-z"):  # what a lower tau would buy, and what it would cost
+        for how in () if args.no_extras else ("mean", "rest-z"):  # what a lower tau would buy, and what it costs
             for tau in SWEEP:
                 rows.append(study(feats, facts, uses, edit.index, how, KEY_SETS["chat+bare"], t, k, "best", tau))
     columns = (
@@ -300,6 +327,8 @@ def main() -> None:
         "crowded_same",
         "gen_bare_own",
         "gen_chat_own",
+        "gen_bare_own_agreed",
+        "gen_chat_own_agreed",
         "gen_bare_answer",
         "gen_chat_answer",
         "loc_bare_none",

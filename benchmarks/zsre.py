@@ -137,7 +137,7 @@ def _same_route(session: Session, facts) -> dict:
     }
 
 
-def _contested(facts) -> list[bool]:
+def contested_records(facts) -> list[bool]:
     """Whether each record's subject has another target among these records.
 
     Many ZsRE records ask the same question about one subject with different targets (six on the
@@ -153,7 +153,7 @@ def _contested(facts) -> list[bool]:
 
 def _gen_split(facts, per_record: list[dict]) -> dict:
     """Share of contested records, and Gen over the agreed and the contested records."""
-    contested = _contested(facts)
+    contested = contested_records(facts)
 
     def mean(flag: bool) -> float | None:
         scores = [r["gen"] for c, r in zip(contested, per_record) if c == flag and r["gen"] is not None]
