@@ -40,10 +40,14 @@ def default_top_k(d_ff: int) -> int:
 
 
 NARROW_LR = 16.0
+ADAM_LR = 0.05
+ADAM_STOP_DELTA = 0.01  # Adam crosses the stop loss within a few steps, then creeps down by ~1e-3 a step
 
 
-def default_lr(d_ff: int) -> float:
-    """The reference's 1.0 at its scale (Llama-3-8B, d_ff 14336); NARROW_LR for narrow layers.
+def default_lr(d_ff: int, optimizer: str = "sgd") -> float:
+    """A new pack's learning rate. With Adam: ADAM_LR at any width (Adam's step does not grow
+    with the gradient's size). With SGD: the reference's 1.0 at its scale (Llama-3-8B, d_ff
+    14336); NARROW_LR for narrow layers.
 
     The gradient is clipped to norm 1, so one step moves W_m by at most `lr`, and how far the
     output moves per step grows with the activations' size. On SmolLM2-135M (d_ff 1536) lr 1.0
@@ -51,6 +55,8 @@ def default_lr(d_ff: int) -> float:
     not the chat rows and the end of the answer that new packs train as well (losses 0.07-0.55
     after 30 steps, "Golestan Province" answered "Golestanreponame"); 16.0 fits those (0.01-0.04).
     """
+    if optimizer == "adam":
+        return ADAM_LR
     return 1.0 if d_ff >= 8192 else NARROW_LR
 
 
@@ -58,12 +64,22 @@ def default_lr(d_ff: int) -> float:
 class TrainingConfig:
     """The reference optimiser and stop rule (MEMOIR.md), plus rehearsal (editor.py)."""
 
-    steps: int = setting(30, "Maximum SGD steps per fact (early stop at loss <= 0.02 that moved <= 1e-4).")
-    lr: float = setting(1.0, f"SGD learning rate (a new pack: 1.0 if d_ff >= 8192, else {NARROW_LR}).")
-    weight_decay: float = setting(1e-5, "SGD weight decay.")
+    steps: int = setting(30, "Maximum optimiser steps per fact (early stop at loss <= 0.02 that moved <= 1e-4).")
+    optimizer: str = setting(
+        "sgd",
+        "sgd (the paper's) or adam, which reaches the stop rule in a few steps where SGD runs all 30 "
+        '(a new pack: adam; docs/BENCHMARKS.md, "Faster edits").',
+    )
+    lr: float = setting(
+        1.0,
+        f"Learning rate (a new pack: {ADAM_LR} with adam; with sgd 1.0 if d_ff >= 8192, else {NARROW_LR}).",
+    )
+    weight_decay: float = setting(1e-5, "Weight decay.")
     clip: float = setting(1.0, "Gradient-norm clip.")
     stop_loss: float = setting(0.02, "Early stop once the loss is at most this...")
-    stop_delta: float = setting(1e-4, "...and moved at most this since the step before.")
+    stop_delta: float = setting(
+        1e-4, "...and moved at most this since the step before (a new pack: 0.01, with adam: docs/BENCHMARKS.md)."
+    )
     rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
     rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
     end_answer: bool = setting(

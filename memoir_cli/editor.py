@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
@@ -172,21 +173,26 @@ class Editor:
         return ranked[: self.settings.rehearse].tolist()
 
     def training_batch(
-        self, fact: Fact, rehearsed: Sequence[Fact] = ()
+        self, facts: Fact | Sequence[Fact], rehearsed: Sequence[Fact] = ()
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Left-padded batch and labels that mark only the answer's tokens. The fact's own rows
-        come first (`own_rows` of them): the bare prompt and its prefixed copies, or, for a chat
-        pack, the bare prompt and half of them, then the chat question with no system prompt and
-        with each other prefix as one. The rehearsed facts follow, `rows_per_rehearsed` rows each."""
+        """Left-padded batch and labels that mark only the answer's tokens. Each fact's own rows
+        come first, fact after fact (`own_rows` of them each): the bare prompt and its prefixed
+        copies, or, for a chat pack, the bare prompt and half of them, then the chat question with
+        no system prompt and with each other prefix as one. The rehearsed facts follow,
+        `rows_per_rehearsed` rows each."""
+        rows = [row for fact in ([facts] if isinstance(facts, Fact) else facts) for row in self._own_rows(fact)]
+        rows += [row for other in rehearsed for row in self._rehearsal_rows(other)]
+        batch = pad_left([ids for ids, _ in rows], self.tokenizer.pad_token_id, self.device)
+        labels = pad_left([labels for _, labels in rows], -100, self.device)["input_ids"]
+        return batch, labels
+
+    def _own_rows(self, fact: Fact) -> list[tuple[list[int], list[int]]]:
         bare, systems = self.prefix_roles()
         chat = [None, *systems] if self.settings.chat else []
         rows = [self._bare_row(fact.prompt, fact.target)]
         rows += [self._bare_row(f"{prefix}. {fact.prompt}", fact.target) for prefix in bare]
         rows += [self._chat_row(conversation(fact.prompt, system), fact.target) for system in chat]
-        rows += [row for other in rehearsed for row in self._rehearsal_rows(other)]
-        batch = pad_left([ids for ids, _ in rows], self.tokenizer.pad_token_id, self.device)
-        labels = pad_left([labels for _, labels in rows], -100, self.device)["input_ids"]
-        return batch, labels
+        return rows
 
     def own_rows(self) -> int:
         """How many rows of a training batch are the fact's own (the rest are rehearsal)."""
@@ -217,20 +223,33 @@ class Editor:
 
     def edit(self, fact: Fact, on_step: Callable[[int, float], None] | None = None) -> EditResult:
         """Fit `fact` into the memory; the memory's weight and bank and `facts` grow in place."""
+        return self.edit_batch([fact], on_step)[0]
+
+    def edit_batch(
+        self, facts: Sequence[Fact], on_step: Callable[[int, float], None] | None = None
+    ) -> list[EditResult]:
+        """Fit `facts` in one optimisation, each under its own mask, then add them in order.
+
+        Why: a batch's rows share every step's pass through the upper blocks, which a GPU runs for
+        several facts at the cost of one. The trained columns are the union of the facts' masks,
+        and each row reaches only its own fact's columns (rehearsed rows: their stored masks), as
+        routing will at inference. Facts whose masks the router cannot tell apart must not share
+        a batch (workflows.edit_batches): sequential editing lets the later one win, a batch
+        would average them. A batch of one is `edit`, step for step."""
         start = time.perf_counter()
-        mask = self.mask_for(fact.prompt)
-        columns = mask.nonzero().squeeze(1).to(self.layer_device)
-        neighbours = self.neighbours(mask)
-        batch, labels = self.training_batch(fact, [self.facts[row] for row in neighbours])
+        masks = self.masks_for([fact.prompt for fact in facts])  # [facts, d_ff]
+        columns = masks.any(dim=0).nonzero().squeeze(1).to(self.layer_device)  # [union of the masks' columns]
+        neighbours = list(dict.fromkeys(row for mask in masks for row in self.neighbours(mask)))
+        batch, labels = self.training_batch(facts, [self.facts[row] for row in neighbours])
         weight = self.memory.weight[:, columns.cpu()].to(self.layer_device).clone().requires_grad_(True)
         state = TrainingState(columns, weight)
-        if neighbours:
-            own = mask.unsqueeze(0).expand(self.own_rows(), -1)
+        if neighbours or len(facts) > 1:
+            own = masks.repeat_interleave(self.own_rows(), dim=0)  # [facts * own_rows, d_ff]
             rehearsed = self.memory.bank.rows(neighbours).repeat_interleave(self.rows_per_rehearsed(), dim=0)
             state.row_masks = torch.cat([own, rehearsed]).to(self.layer_device)
             state.frozen = self.memory.weight.to(self.layer_device).clone()
             state.frozen[:, columns] = 0.0
-        optimiser = torch.optim.SGD([weight], lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        optimiser = make_optimiser(self.settings, weight)
         loss_fn = self._replay_loss(batch, labels) if self.fast else self._full_loss(batch, labels)
         previous, converged, step = None, False, 0
         with self.wrapper.fitting(state):
@@ -253,11 +272,13 @@ class Editor:
                 previous = value
         final = value if converged else self._final_loss(loss_fn, state)
         self.memory.weight[:, columns.cpu()] = weight.detach().to(self.memory.weight.device, self.memory.weight.dtype)
-        row = self.memory.bank.add(fact.id, mask)
-        self.memory.keys.add(row, self.key_masks(fact.prompt))
-        self.facts.append(fact)
+        for fact, mask in zip(facts, masks):
+            row = self.memory.bank.add(fact.id, mask)
+            self.memory.keys.add(row, self.key_masks(fact.prompt))
+            self.facts.append(fact)
         self.wrapper.refresh()
-        return EditResult(fact.id, final, step, converged, time.perf_counter() - start, len(neighbours))
+        seconds = (time.perf_counter() - start) / len(facts)  # the batch's time, shared
+        return [EditResult(f.id, final, step, converged, seconds, len(neighbours)) for f in facts]
 
     @torch.no_grad()
     def _final_loss(self, loss_fn, state: TrainingState) -> float:
@@ -313,6 +334,41 @@ class Editor:
             return (per_row / predicting.sum(dim=1).clamp_min(1)).mean()
 
         return loss
+
+
+def edit_batches(masks: torch.Tensor, size: int, threshold: float, k: int) -> list[list[int]]:
+    """Facts (by their masks [n, d_ff], in order) cut into consecutive batches of at most `size`
+    for Editor.edit_batch. A fact whose mask overlaps a batch member's at `threshold` or more
+    starts the next batch: the router cannot tell the two apart, and only sequential editing lets
+    the later fact win."""
+    batches: list[list[int]] = []
+    for number in range(len(masks)):
+        current = batches[-1] if batches else []
+        shared = (masks[current].float() @ masks[number].float()) / k if current else torch.zeros(0)
+        if not current or len(current) >= size or bool((shared >= threshold).any()):
+            batches.append([number])
+        else:
+            current.append(number)
+    return batches
+
+
+class Optimizer(str, Enum):
+    """TrainingConfig.optimizer: what fits a fact's columns."""
+
+    sgd = "sgd"
+    adam = "adam"
+
+
+def make_optimiser(settings: TrainingConfig, weight: torch.Tensor) -> torch.optim.Optimizer:
+    """The pack's optimiser over the trainable columns.
+
+    Why Adam for new packs: the loss surface of the k columns is badly scaled (a few columns carry
+    large activations), so SGD at a rate that keeps those stable crawls along the rest and never
+    meets the stop rule in 30 steps; Adam's per-column step meets it in a handful
+    (docs/BENCHMARKS.md, "Faster edits")."""
+    if settings.optimizer == Optimizer.adam:
+        return torch.optim.Adam([weight], lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD([weight], lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

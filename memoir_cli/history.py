@@ -229,6 +229,8 @@ def replay(parent: Pack, record: dict, loaded: LoadedModel, path: Path, model_lo
                 pack.memory.deactivate(value)
             elif op == "edit":
                 editor.edit(facts[value])
+            elif op == "edit_batch":
+                editor.edit_batch([facts[fact_id] for fact_id in value])
             else:
                 raise PackError(f"{path}: version {record['version']}: unknown operation {op!r}")
     _check_reproduced(pack, record, path)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .calibration import Calibration, add_to_histogram, calibrate, unrelated_overlaps, variant_overlaps
 from .chat import ChatMode, has_chat_template
 from .config import (
+    ADAM_STOP_DELTA,
     DEFAULT_CHECKPOINT_EVERY,
     RoutingConfig,
     TopHashConfig,
@@ -20,7 +21,7 @@ from .config import (
     default_top_k,
 )
 from .conflicts import Conflict, OnConflict, find_conflicts, resolve
-from .editor import Editor, EditResult, editing, generate_prefixes
+from .editor import Editor, EditResult, Optimizer, edit_batches, editing, generate_prefixes
 from .errors import BadInputError
 from .facts import Fact
 from .history import NewVersion, edit_record, replay_info, weight_change
@@ -58,6 +59,7 @@ class EditOptions:
     threshold: float | str | None = None  # a number, or AUTO (calibrated at every run; a new pack's default)
     seed: int | None = None
     steps: int | None = None
+    optimizer: Optimizer | str | None = None  # a new pack: adam (config.TrainingConfig.optimizer)
     lr: float | None = None
     rehearse: int | None = None
     rehearse_overlap: float | None = None
@@ -69,6 +71,7 @@ class EditOptions:
     device_map: str | None = None  # accelerate's, e.g. "auto" for a model larger than one GPU
     memory_dtype: MemoryDtype | str | None = None  # a new pack: float32; "model": the model's dtype; fixed
     on_conflict: OnConflict | str = OnConflict.keep_both  # not stored: what this run does (conflicts.py)
+    batch_size: int = 1  # facts fitted together (editor.edit_batch); the record's ops say how each was made
 
 
 @dataclass
@@ -232,7 +235,9 @@ class _EditRun:
         pack = self.existing or create_pack(loaded, options)
         settings_changed = self.existing is not None and _update_settings(pack, options)  # create_pack applied them
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)
-        ops, done, before = [], [], pack.memory.weight.clone()
+        ops: list[list] = []  # the version record's operations (history.replay)
+        done: list[Fact] = []
+        before = pack.memory.weight.clone()
         with editing(loaded, pack) as editor:
             masks = editor.masks_for([fact.prompt for fact in plan.add])
             plan.conflicts = find_conflicts(pack.memory, pack.facts, plan.add, masks, plan.replaces)
@@ -241,24 +246,28 @@ class _EditRun:
             if on_start:
                 on_start(len(plan.add))
             variants = self._known_variants(editor, pack)
-            for number, fact in enumerate(plan.add):
-                for old in [plan.replaces.get(fact.id), *plan.displaces.get(fact.id, [])]:
-                    if old is not None and pack.memory.bank.is_active(old):  # two new facts may end one edit
-                        pack.memory.deactivate(old)
-                        ops.append(["deactivate", old])
-                report_step = (lambda s, v, n=number, f=fact: on_step(n, f, s, v)) if on_step else None
-                result = editor.edit(fact, on_step=report_step)
-                if pack.manifest.routing.auto:
-                    variants = add_to_histogram(variants, variant_overlaps(editor, fact))
-                ops.append(["edit", fact.id])
-                done.append(fact)
-                summary.results.append(result)
-                pause_point("edit")
-                if on_fact:
-                    on_fact(number, result)
-                if len(done) == self.checkpoint_every and number + 1 < len(plan.add):
+            for batch in edit_batches(masks, options.batch_size, pack.memory.threshold, pack.memory.k):
+                facts = [plan.add[number] for number in batch]
+                for fact in facts:
+                    for old in [plan.replaces.get(fact.id), *plan.displaces.get(fact.id, [])]:
+                        if old is not None and pack.memory.bank.is_active(old):  # two new facts may end one edit
+                            pack.memory.deactivate(old)
+                            ops.append(["deactivate", old])
+                first = batch[0]
+                report_step = (lambda s, v, n=first, f=facts[0]: on_step(n, f, s, v)) if on_step else None
+                results = editor.edit_batch(facts, on_step=report_step)
+                ops.append(["edit", facts[0].id] if len(facts) == 1 else ["edit_batch", [f.id for f in facts]])
+                for number, fact, result in zip(batch, facts, results):
+                    if pack.manifest.routing.auto:
+                        variants = add_to_histogram(variants, variant_overlaps(editor, fact))
+                    done.append(fact)
+                    summary.results.append(result)
+                    pause_point("edit")
+                    if on_fact:
+                        on_fact(number, result)
+                if len(done) >= self.checkpoint_every and batch[-1] + 1 < len(plan.add):
                     summary.calibration = _calibrate(editor, pack, variants)
-                    summary.versions.append(self._commit(pack, loaded, ops, done, before, number + 1))
+                    summary.versions.append(self._commit(pack, loaded, ops, done, before, batch[-1] + 1))
                     ops, done, before = [], [], pack.memory.weight.clone()
             last_version = bool(ops) or self.existing is None or settings_changed
             if last_version:
@@ -312,7 +321,12 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         tophash=TopHashConfig(k=k, seed=seed, aggregation=aggregation, background_prompts=len(prompts)),
         routing=RoutingConfig(auto=True, extra_keys=options.extra_keys is not False),
         training=TrainingConfig(
-            lr=default_lr(layer.d_in), end_answer=True, chat=has_chat_template(tokenizer), rehearse_chat=True
+            optimizer=Optimizer.adam.value,
+            lr=default_lr(layer.d_in, Optimizer.adam.value),
+            stop_delta=ADAM_STOP_DELTA,
+            end_answer=True,
+            chat=has_chat_template(tokenizer),
+            rehearse_chat=True,
         ),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
@@ -366,9 +380,13 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     elif options.threshold is not None:
         routing = pack.manifest.routing
         routing.threshold, routing.auto, routing.calibration = float(options.threshold), False, None
+    training = pack.manifest.training
+    if options.optimizer is not None and Optimizer(options.optimizer).value != training.optimizer:
+        training.optimizer = Optimizer(options.optimizer).value
+        training.lr = default_lr(pack.memory.bank.d_ff, training.optimizer)  # another optimiser's rate is no rate
     for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
-            setattr(pack.manifest.training, key, getattr(options, key))
+            setattr(training, key, getattr(options, key))
     chat = ChatMode(options.chat or ChatMode.auto)
     if chat is not ChatMode.auto:  # auto keeps what the pack was made with
         pack.manifest.training.chat = chat is ChatMode.on

@@ -29,6 +29,14 @@ def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: 
     return pack
 
 
+def loader(model_dir):
+    """A history model loader that hands out one tiny model loaded from `model_dir`."""
+    from memoir_cli.models import load_model
+
+    loaded = load_model(str(model_dir))
+    return lambda _pack: loaded
+
+
 def save_pack(pack: Pack, path) -> int:
     """Commit `pack` as the next version at `path`, as an edit run would."""
     from memoir_cli.history import edit_record

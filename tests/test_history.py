@@ -6,16 +6,10 @@ import pytest
 import torch
 
 from memoir_cli.history import open_pack
-from memoir_cli.models import load_model
 from memoir_cli.store import load_pack, read_record
 
 from .conftest import FACTS
-from .helpers import ok, run, tree, write_facts
-
-
-def loader(model_dir):
-    loaded = load_model(str(model_dir))
-    return lambda _pack: loaded
+from .helpers import loader, ok, run, tree, write_facts
 
 
 def test_each_change_is_a_version_that_log_lists_with_what_it_did(history):

@@ -17,6 +17,7 @@ import typer
 from ..chat import ChatMode
 from ..config import LayerConfig, Manifest, RoutingConfig, TopHashConfig, TrainingConfig, help_for
 from ..conflicts import OnConflict
+from ..editor import Optimizer
 from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
@@ -179,6 +180,7 @@ def _positive(value: float | None) -> float | None:
     return value
 
 
+OptimizerOpt = Annotated[Optimizer | None, typer.Option(help=help_for(TrainingConfig, "optimizer"))]
 LrOpt = Annotated[float | None, typer.Option(callback=_positive, help=help_for(TrainingConfig, "lr"))]
 RehearseOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingConfig, "rehearse"))]
 RehearseOverlapOpt = Annotated[
@@ -235,6 +237,15 @@ OnConflictOpt = Annotated[
     ),
 ]
 
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Fit up to N facts in one optimisation, each under its own mask: a GPU's way through a large "
+        "refresh. Facts the router cannot tell apart still go one after the other. 1: one fact at a time.",
+    ),
+]
+
 DEFAULT_EDIT_SETTINGS = EditOptions()
 """What `memoir edit` gets without the options: each setting the pack's, else the model's default."""
 
@@ -245,6 +256,7 @@ takes_edit_settings = option_group(
         _keyword("top_k", None, TopKOpt),
         _keyword("threshold", None, ThresholdOpt),
         _keyword("steps", None, StepsOpt),
+        _keyword("optimizer", None, OptimizerOpt),
         _keyword("lr", None, LrOpt),
         _keyword("rehearse", None, RehearseOpt),
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
@@ -254,6 +266,7 @@ takes_edit_settings = option_group(
         _keyword("memory_dtype", None, MemoryDtypeOpt),
         _keyword("seed", None, SeedOpt),
         _keyword("on_conflict", OnConflict.keep_both, OnConflictOpt),
+        _keyword("batch_size", 1, BatchSizeOpt),
     ],
     EditOptions,
 )
