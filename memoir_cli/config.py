@@ -41,6 +41,7 @@ def default_top_k(d_ff: int) -> int:
 
 NARROW_LR = 16.0
 ADAM_LR = 0.05
+ADAM_EPS = 1e-3
 ADAM_STOP_DELTA = 0.01  # Adam crosses the stop loss within a few steps, then creeps down by ~1e-3 a step
 
 
@@ -73,6 +74,11 @@ class TrainingConfig:
     lr: float = setting(
         1.0,
         f"Learning rate (a new pack: {ADAM_LR} with adam; with sgd 1.0 if d_ff >= 8192, else {NARROW_LR}).",
+    )
+    adam_eps: float = setting(
+        ADAM_EPS,
+        "Adam's epsilon: at 1e-3, far above the default 1e-8, columns with small gradients move little, as with "
+        "SGD, instead of as far as every other column (which overwrote earlier edits: docs/BENCHMARKS.md).",
     )
     weight_decay: float = setting(1e-5, "Weight decay.")
     clip: float = setting(1.0, "Gradient-norm clip.")
@@ -253,7 +259,19 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "layer": {"layer": "path"},
         "tophash": {"k": "k", "seed": "seed", "aggregation": "aggregation"},
         "routing": {"threshold": "threshold", "threshold auto": "auto", "extra keys": "extra_keys"},
-        "training": {name: name for name in ("steps", "lr", "rehearse", "rehearse_overlap", "chat", "rehearse_chat")},
+        "training": {
+            name: name
+            for name in (
+                "steps",
+                "optimizer",
+                "lr",
+                "stop_delta",
+                "rehearse",
+                "rehearse_overlap",
+                "chat",
+                "rehearse_chat",
+            )
+        },
     }.items()
     for label, name in fields.items()
 }

@@ -6,6 +6,7 @@ import pytest
 import typer
 
 from memoir_cli.cli import app
+from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR
 
 from .conftest import FACTS
 from .helpers import run, tree
@@ -145,6 +146,21 @@ def test_changing_the_threshold_alone_is_saved(pack_dir, facts_file):
     assert json.loads(run("show", pack_dir, "--json").stdout)["threshold"] == 0.7
     result = run("edit", facts_file, "--pack", pack_dir, "--threshold", 1.5)
     assert result.exit_code == 2 and "Invalid value for '--threshold'" in result.stderr
+
+
+def test_a_new_pack_fits_with_adam_and_another_optimiser_brings_its_own_learning_rate(pack_dir, facts_file):
+    def training() -> dict:
+        return json.loads((pack_dir / "manifest.json").read_text())["training"]
+
+    made = training()
+    assert (made["optimizer"], made["lr"], made["stop_delta"]) == ("adam", ADAM_LR, ADAM_STOP_DELTA)
+    assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "sgd", "--json").exit_code == 0
+    assert (training()["optimizer"], training()["lr"]) == ("sgd", NARROW_LR)  # the tiny model's d_ff is narrow
+    assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "adam", "--lr", 0.2, "--json").exit_code == 0
+    assert (training()["optimizer"], training()["lr"]) == ("adam", 0.2)
+    before = tree(pack_dir)
+    result = run("edit", facts_file, "--pack", pack_dir, "--optimizer", "rmsprop")
+    assert result.exit_code == 2 and "--optimizer" in result.stderr and tree(pack_dir) == before
 
 
 def test_a_float32_pack_applies_to_the_same_model_loaded_in_bfloat16(pack_dir):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from memoir_cli.config import TrainingConfig
-from memoir_cli.editor import Editor, target_loss
+from memoir_cli.editor import Editor, make_optimiser, target_loss
 from memoir_cli.facts import Fact
 from memoir_cli.memory import TrainingState, attach
 
@@ -72,6 +72,14 @@ def test_early_stop_when_the_loss_is_low_and_flat(model, tokenizer):
     editor.pack.manifest.training = TrainingConfig(steps=200, stop_loss=100.0, stop_delta=100.0)
     result = editor.edit(Fact.from_json(FACTS[0]))
     assert result.converged and result.steps == 2
+
+
+def test_a_pack_made_before_adam_keeps_the_papers_sgd_and_adam_uses_the_large_epsilon():
+    made_before = {"steps": 30, "lr": 16.0, "weight_decay": 1e-5, "clip": 1.0, "stop_loss": 0.02, "stop_delta": 1e-4}
+    weight = torch.zeros(2, 2, requires_grad=True)
+    assert isinstance(make_optimiser(TrainingConfig(**made_before), weight), torch.optim.SGD)
+    adam = make_optimiser(TrainingConfig(**made_before, optimizer="adam"), weight)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["eps"] == 1e-3  # small-gradient columns stay still
 
 
 def test_neighbours_are_the_most_overlapping_earlier_active_edits_above_the_floor(model, tokenizer):
