@@ -152,14 +152,21 @@ def contested_records(facts) -> list[bool]:
 
 
 def _gen_split(facts, per_record: list[dict]) -> dict:
-    """Share of contested records, and Gen over the agreed and the contested records."""
+    """Share of contested records, and Gen over the agreed and the contested records: teacher-forced
+    (gen_agreed, gen_contested) and WILD in each context (question_gen_agreed, chat_gen_contested, ...)."""
     contested = contested_records(facts)
 
-    def mean(flag: bool) -> float | None:
-        scores = [r["gen"] for c, r in zip(contested, per_record) if c == flag and r["gen"] is not None]
+    def mean(flag: bool, score) -> float | None:
+        scores = [score(r) for c, r in zip(contested, per_record) if c == flag and score(r) is not None]
         return sum(scores) / len(scores) if scores else None
 
-    return {"contested_share": sum(contested) / len(contested), "gen_agreed": mean(False), "gen_contested": mean(True)}
+    split = {"contested_share": sum(contested) / len(contested)}
+    for prefix, score in [("", lambda r: r["gen"])] + [
+        (f"{context}_", lambda r, c=context: r.get("wild", {}).get(c, {}).get("gen"))
+        for context in ("question", "chat")
+    ]:
+        split[f"{prefix}gen_agreed"], split[f"{prefix}gen_contested"] = mean(False, score), mean(True, score)
+    return split
 
 
 def _by_context(wild: dict[str, dict]) -> dict:
@@ -236,8 +243,18 @@ def main() -> None:
         "WILD question": ("question_rel", "question_gen", "question_loc", "question_repetition"),
         "WILD chat": ("chat_rel", "chat_gen", "chat_loc", "chat_repetition"),
         "contested": ("gen_agreed", "gen_contested", "contested_share"),
+        "WILD GenA / GenC": ("question_gen_agreed", "question_gen_contested", "chat_gen_agreed", "chat_gen_contested"),
     }
-    names = {"avg": "Avg", "gen_agreed": "GenA", "gen_contested": "GenC", "contested_share": "cont."}
+    names = {
+        "avg": "Avg",
+        "gen_agreed": "GenA",
+        "gen_contested": "GenC",
+        "contested_share": "cont.",
+        "question_gen_agreed": "qA",
+        "question_gen_contested": "qC",
+        "chat_gen_agreed": "cA",
+        "chat_gen_contested": "cC",
+    }
     header = " | ".join(f"{title:^{6 * len(keys) - 1}}" for title, keys in groups.items())
     print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6}")
     labels = " | ".join(
