@@ -235,7 +235,7 @@ class Editor:
         several facts at the cost of one. The trained columns are the union of the facts' masks,
         and each row reaches only its own fact's columns (rehearsed rows: their stored masks), as
         routing will at inference. Facts whose masks the router cannot tell apart must not share
-        a batch (workflows.edit_batches): sequential editing lets the later one win, a batch
+        a batch (`edit_batches` decides): sequential editing lets the later one win, a batch
         would average them. A batch of one is `edit`, step for step."""
         start = time.perf_counter()
         masks = self.masks_for([fact.prompt for fact in facts])  # [facts, d_ff]
