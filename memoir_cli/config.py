@@ -65,7 +65,7 @@ def default_lr(d_ff: int, optimizer: str = "sgd") -> float:
 class TrainingConfig:
     """The reference optimiser and stop rule (MEMOIR.md), plus rehearsal (editor.py)."""
 
-    steps: int = setting(30, "Maximum optimiser steps per fact (early stop at loss <= 0.02 that moved <= 1e-4).")
+    steps: int = setting(30, "Maximum optimiser steps per fact (early stop: stop_loss and stop_delta).")
     optimizer: str = setting(
         "sgd",
         "sgd (the paper's) or adam, which reaches the stop rule in a few steps where SGD runs all 30 "

@@ -19,7 +19,7 @@ import torch
 
 from .errors import MemoirError
 from .facts import Fact
-from .memory import ResidualMemory
+from .memory import ResidualMemory, mask_overlaps
 
 
 class OnConflict(str, Enum):
@@ -84,7 +84,7 @@ def find_conflicts(
     tau, active = memory.threshold, memory.bank.active
     in_pack = memory.routing_overlaps(new_masks) if len(memory.bank) else torch.zeros((len(new_facts), 0))  # [m, n]
     in_pack[:, ~active] = -1.0
-    among = (new_masks.float() @ new_masks.float().T) / memory.k  # [m, m]
+    among = mask_overlaps(new_masks, new_masks, memory.k)  # [m, m]
     for i, fact in enumerate(new_facts):
         for j in (in_pack[i] >= tau).nonzero().flatten().tolist():
             existing = pack_facts[j]

@@ -35,7 +35,7 @@ from .batching import pad_left, prompt_target_ids
 from .chat import chat_answer_ids, chat_prompt, conversation
 from .config import TrainingConfig
 from .facts import Fact
-from .memory import MemoirLinear, TrainingState, attach, detach
+from .memory import MemoirLinear, TrainingState, attach, detach, mask_overlaps
 from .models import LoadedModel, decoder_layers, final_norm, input_device
 from .pack import Pack
 from .tophash import prompt_features
@@ -174,14 +174,14 @@ class Editor:
         return ranked[: self.settings.rehearse].tolist()
 
     def training_batch(
-        self, facts: Fact | Sequence[Fact], rehearsed: Sequence[Fact] = ()
+        self, facts: Sequence[Fact], rehearsed: Sequence[Fact] = ()
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Left-padded batch and labels that mark only the answer's tokens. Each fact's own rows
         come first, fact after fact (`own_rows` of them each): the bare prompt and its prefixed
         copies, or, for a chat pack, the bare prompt and half of them, then the chat question with
         no system prompt and with each other prefix as one. The rehearsed facts follow,
         `rows_per_rehearsed` rows each."""
-        rows = [row for fact in ([facts] if isinstance(facts, Fact) else facts) for row in self._own_rows(fact)]
+        rows = [row for fact in facts for row in self._own_rows(fact)]
         rows += [row for other in rehearsed for row in self._rehearsal_rows(other)]
         batch = pad_left([ids for ids, _ in rows], self.tokenizer.pad_token_id, self.device)
         labels = pad_left([labels for _, labels in rows], -100, self.device)["input_ids"]
@@ -349,11 +349,11 @@ def edit_batches(masks: torch.Tensor, size: int, threshold: float, k: int) -> li
     batches: list[list[int]] = []
     for number in range(len(masks)):
         current = batches[-1] if batches else []
-        shared = (masks[current].float() @ masks[number].float()) / k if current else torch.zeros(0)
-        if not current or len(current) >= size or bool((shared >= threshold).any()):
-            batches.append([number])
-        else:
+        fits = 0 < len(current) < size and not (mask_overlaps(masks[current], masks[[number]], k) >= threshold).any()
+        if fits:
             current.append(number)
+        else:
+            batches.append([number])
     return batches
 
 

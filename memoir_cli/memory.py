@@ -87,8 +87,8 @@ class ResidualMemory:
     def edit_overlaps(self, queries: torch.Tensor, row: int) -> torch.Tensor:
         """Each query's overlap with the edit at bank row `row` alone, the best over its keys: [batch]
         (routing_overlaps' column for it, without comparing the query with every other edit)."""
-        keys = torch.cat([self.bank.rows([row]), self.keys.masks_of(row)]).float()  # [1 + its keys, d_ff]
-        return (queries.float() @ keys.T).amax(dim=1) / self.k
+        keys = torch.cat([self.bank.rows([row]), self.keys.masks_of(row)])  # [1 + its keys, d_ff]
+        return mask_overlaps(queries, keys, self.k).amax(dim=1)
 
     def best_match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each query's best active edit (bank row, -1 if none) over all its keys, and the overlap.
@@ -314,6 +314,12 @@ class MemoirLinear(nn.Module):
         """The current decision of each row: pack, edit id and overlap (see Routes.describe)."""
         assert self.routes is not None, "no forward pass has routed yet"
         return self.routes.describe(self.packs)
+
+
+def mask_overlaps(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """|m_a AND m_b| / k for every mask of `a` [n, d_ff] against every mask of `b` [m, d_ff]: [n, m]
+    (masks not, or not yet, in a bank: a pack's bank answers with `overlaps`)."""
+    return (a.float() @ b.float().T) / k
 
 
 def _forward_hook(wrapper: MemoirLinear, model: nn.Module):

@@ -381,15 +381,16 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
         routing = pack.manifest.routing
         routing.threshold, routing.auto, routing.calibration = float(options.threshold), False, None
     training = pack.manifest.training
-    if options.optimizer is not None and Optimizer(options.optimizer).value != training.optimizer:
-        training.optimizer = Optimizer(options.optimizer).value
-        training.lr = default_lr(pack.memory.bank.d_ff, training.optimizer)  # another optimiser's rate is no rate
+    optimizer = Optimizer(options.optimizer).value if options.optimizer is not None else training.optimizer
+    if optimizer != training.optimizer:
+        training.optimizer = optimizer
+        training.lr = default_lr(pack.memory.bank.d_ff, optimizer)  # another optimiser's rate is no rate
     for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
         if getattr(options, key) is not None:
             setattr(training, key, getattr(options, key))
     chat = ChatMode(options.chat or ChatMode.auto)
     if chat is not ChatMode.auto:  # auto keeps what the pack was made with
-        pack.manifest.training.chat = chat is ChatMode.on
+        training.chat = chat is ChatMode.on
     return (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training)) != before
 
 

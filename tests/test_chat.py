@@ -44,7 +44,7 @@ def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_
     assert pack.manifest.training.chat is True  # auto: the tokenizer has a chat template
     loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
     with editing(loaded, pack) as editor:
-        batch, labels = editor.training_batch(Fact.from_json(FACTS[0]))
+        batch, labels = editor.training_batch([Fact.from_json(FACTS[0])])
     end_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
     start_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
     own = editor.own_rows()
@@ -63,7 +63,7 @@ def test_a_new_pack_trains_the_end_of_sequence_after_a_bare_answer_and_an_old_on
     for end_answer in (True, False):  # False: a pack made before the setting existed
         pack.manifest.training.end_answer = end_answer
         with editing(loaded, pack) as editor:
-            _, labels = editor.training_batch(Fact.from_json(FACTS[0]))
+            _, labels = editor.training_batch([Fact.from_json(FACTS[0])])
         ends = {[t for t in row.tolist() if t != -100][-1] == tokenizer.eos_token_id for row in labels}
         assert ends == {end_answer}
 
@@ -145,7 +145,7 @@ def test_a_new_chat_pack_rehearses_each_neighbours_chat_question_beside_its_bare
     for rehearse_chat, per_neighbour in ((True, 2), (False, 1)):  # False: a chat pack made before the setting
         pack.manifest.training.rehearse_chat = rehearse_chat
         with editing(loaded, pack) as editor:
-            batch, _ = editor.training_batch(Fact.from_json(FACTS[2]), pack.facts)
+            batch, _ = editor.training_batch([Fact.from_json(FACTS[2])], pack.facts)
             rehearsed = batch["input_ids"][editor.own_rows() :]
         assert rehearsed.shape[0] == per_neighbour * len(pack.facts) == editor.rows_per_rehearsed() * 2
         assert sum(start_of_turn in row.tolist() for row in rehearsed) == (per_neighbour - 1) * len(pack.facts)
