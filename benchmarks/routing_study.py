@@ -59,21 +59,20 @@ class _Stop(Exception):
 
 def pool(x: torch.Tensor, mask: torch.Tensor, how: str, centre: torch.Tensor | None = None) -> torch.Tensor:
     """One feature per row from x [batch, seq, d] over the positions where mask [batch, seq] is 1:
-    the mean (the paper), the last token, the mean of the last three, or the mean without the first."""
+    the mean (the paper), the last token, the mean of the last three, or the mean without the first
+    ("rest"); or, over the tokens after the first, their deviations from `centre` (the background
+    prompts' mean token feature): the mean weighted by each token's squared deviation ("salient"),
+    the mean absolute deviation ("absdev") or its maximum ("maxdev")."""
     mask = mask.to(torch.float32)
     if how == "last":
         last = (mask * torch.arange(mask.shape[1])).argmax(dim=1)
         return x[torch.arange(x.shape[0]), last].float()
-    if how in ("tail3", "rest"):
+    if how != "mean":
         from_end = mask.flip(1).cumsum(1).flip(1)  # 1 at the last position, counting up towards the first
         count = mask.sum(1, keepdim=True)
-        mask = mask * ((from_end <= 3) if how == "tail3" else (from_end < count)).float()
-        mask = torch.where(mask.sum(1, keepdim=True) > 0, mask, (from_end == 1).float())
+        kept = mask * ((from_end <= 3) if how == "tail3" else (from_end < count)).float()
+        mask = torch.where(kept.sum(1, keepdim=True) > 0, kept, mask)  # a one-token prompt keeps its token
     if how in ("salient", "absdev", "maxdev"):
-        from_end = mask.flip(1).cumsum(1).flip(1)
-        count = mask.sum(1, keepdim=True)
-        rest = mask * (from_end < count).float()
-        mask = torch.where(rest.sum(1, keepdim=True) > 0, rest, mask)
         dev = x.float() - centre
         if how == "salient":
             w = mask * dev.norm(dim=-1) ** 2
