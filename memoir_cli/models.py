@@ -153,7 +153,7 @@ def load_model(
             f"cannot load model {spec!r}: not a model folder or .gguf file here, and not loadable "
             f"from the Hugging Face Hub ({first_line})"
         ) from None
-    revision = getattr(config, "_commit_hash", None)
+    revision = hub_revision(source)
     if not device_map:
         model.to(torch_device)
     model.eval()
@@ -161,6 +161,22 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision, dtype=dtype)
+
+
+def hub_revision(source: str) -> str | None:
+    """The commit of the Hub model `source` as loaded: from_pretrained took its files from the
+    local Hub cache, whose layout huggingface_hub documents (snapshots/<commit>/<file>). None for a
+    local folder, which has no commit. Recorded in the manifest for people (PACK_FORMAT.md)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    if Path(source).exists():
+        return None
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except HFValidationError:  # not a repo id at all
+        return None
+    return Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def _check_device_map(device_map: str) -> None:

@@ -1,6 +1,12 @@
 """Loading a model: the auto dtype, a device map, and where inputs go; the `cuda` tests run only
 where a GPU exists (benchmarks/gpu_check.sh runs them there)."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -30,6 +36,24 @@ def test_a_model_loads_in_float32_on_the_cpu_by_default_and_says_so(model_dir):
     loaded = load_model(str(model_dir))
     assert loaded.dtype == "float32" and next(loaded.model.parameters()).dtype == torch.float32
     assert input_device(loaded.model) == torch.device("cpu") == loaded.input_device
+
+
+def test_a_pack_of_a_hub_model_records_the_commit_it_was_loaded_at(tmp_path, model_dir):
+    """`--model USER/NAME` takes from_pretrained's Hub path, here offline from a Hub cache laid out
+    as huggingface_hub lays it out; a local folder has no commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--memoir-test--tiny"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    facts, pack = write_facts(tmp_path / "a.jsonl", FACTS[:1]), tmp_path / "pack"
+    command = [sys.executable, "-m", "memoir_cli", "edit", str(facts), "--pack", str(pack), "--steps", "1"]
+    environment = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    done = subprocess.run([*command, "--model", "memoir-test/tiny"], env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    base = json.loads((pack / "manifest.json").read_text())["base_model"]
+    assert (base["id"], base["revision"]) == ("memoir-test/tiny", commit)
+    assert load_model(str(model_dir)).revision is None
 
 
 def test_an_edit_with_a_device_map_equals_one_without_it(tmp_path, model_dir):
