@@ -140,15 +140,28 @@ def variant_overlaps(editor: Editor, fact: Fact) -> list[float]:
     return memory.edit_overlaps(masks, memory.bank.row_of(fact.id)).tolist()
 
 
-def unrelated_overlaps(editor: Editor) -> list[float]:
-    """Each unrelated prompt's best overlap with the pack's active edits (0 with none), asked bare
-    and, in a chat pack, in chat."""
-    prompts = calibration_prompts()
-    features = [_features(editor, prompts, chat=False)]
-    if editor.settings.chat:
-        features.append(_features(editor, prompts, chat=True))
-    _, overlaps = editor.memory.best_match(editor.memory.query_masks(torch.cat(features)))
-    return overlaps.tolist()
+class UnrelatedPrompts:
+    """The unrelated prompts as one edit run scores them, asked bare and, in a chat pack, in chat.
+
+    Their masks depend only on the unedited model (features are read at the edit layer's input,
+    below the memory) and the pack's fixed TopHash settings, so the run computes them at its first
+    calibration and reuses them at every checkpoint's; only their overlaps move as edits are added.
+    """
+
+    def __init__(self, editor: Editor) -> None:
+        self.editor = editor
+        self._masks: torch.Tensor | None = None  # [prompts x forms, d_ff]
+
+    def overlaps(self) -> list[float]:
+        """Each prompt's best overlap with the pack's active edits (0 with none)."""
+        if self._masks is None:
+            prompts = calibration_prompts()
+            features = [_features(self.editor, prompts, chat=False)]
+            if self.editor.settings.chat:
+                features.append(_features(self.editor, prompts, chat=True))
+            self._masks = self.editor.memory.query_masks(torch.cat(features))
+        _, overlaps = self.editor.memory.best_match(self._masks)
+        return overlaps.tolist()
 
 
 def _features(editor: Editor, prompts: list[str], chat: bool, system: str | None = None) -> torch.Tensor:

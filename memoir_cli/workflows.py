@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .calibration import Calibration, add_to_histogram, calibrate, unrelated_overlaps, variant_overlaps
+from .calibration import Calibration, UnrelatedPrompts, add_to_histogram, calibrate, variant_overlaps
 from .chat import ChatMode, has_chat_template
 from .config import (
     ADAM_STOP_DELTA,
@@ -246,6 +246,7 @@ class _EditRun:
             if on_start:
                 on_start(len(plan.add))
             variants = self._known_variants(editor, pack)
+            unrelated = UnrelatedPrompts(editor)
             for batch in edit_batches(masks, options.batch_size, pack.memory.threshold, pack.memory.k):
                 facts = [plan.add[number] for number in batch]
                 for fact in facts:
@@ -266,12 +267,12 @@ class _EditRun:
                     if on_fact:
                         on_fact(number, result)
                 if len(done) >= self.checkpoint_every and batch[-1] + 1 < len(plan.add):
-                    summary.calibration = _calibrate(editor, pack, variants)
+                    summary.calibration = _calibrate(unrelated, pack, variants)
                     summary.versions.append(self._commit(pack, loaded, ops, done, before, batch[-1] + 1))
                     ops, done, before = [], [], pack.memory.weight.clone()
             last_version = bool(ops) or self.existing is None or settings_changed
             if last_version:
-                summary.calibration = _calibrate(editor, pack, variants)
+                summary.calibration = _calibrate(unrelated, pack, variants)
         if last_version:
             summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
         summary.seconds = time.perf_counter() - start
@@ -338,12 +339,12 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
     return pack
 
 
-def _calibrate(editor: Editor, pack: Pack, variants: list[int]) -> Calibration | None:
+def _calibrate(unrelated: UnrelatedPrompts, pack: Pack, variants: list[int]) -> Calibration | None:
     """With auto routing, tau for the pack as it is now (calibration.py), set in its manifest."""
     routing = pack.manifest.routing
     if not routing.auto:
         return None
-    calibration = calibrate(unrelated_overlaps(editor), variants, pack.memory.k, RoutingConfig().threshold)
+    calibration = calibrate(unrelated.overlaps(), variants, pack.memory.k, RoutingConfig().threshold)
     routing.threshold, routing.calibration = calibration.threshold, calibration.to_json()
     return calibration
 

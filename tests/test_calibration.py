@@ -92,3 +92,30 @@ def test_a_threshold_that_is_neither_auto_nor_in_range_is_refused(tmp_path, mode
     for bad in ("often", "1.5"):
         result = run("edit", write_facts(tmp_path / "1.jsonl", FACTS[:1]), "--pack", tmp_path / "p", "--threshold", bad)
         assert result.exit_code == 2 and "--threshold" in result.output and not (tmp_path / "p").exists()
+
+
+def test_an_edit_run_computes_the_unrelated_prompts_once_and_its_last_tau_is_a_fresh_calibrations(
+    tmp_path, model_dir, monkeypatch
+):
+    """Three checkpoint versions, three calibrations, one pass over the unrelated prompts; the
+    masks it reused give the tau that computing them again on the final pack gives."""
+    import memoir_cli.calibration as calibration
+    from memoir_cli.calibration import UnrelatedPrompts
+    from memoir_cli.editor import editing
+    from memoir_cli.models import load_model
+    from memoir_cli.store import load_pack
+
+    asked = []
+    prompts = calibration.calibration_prompts
+    monkeypatch.setattr(calibration, "calibration_prompts", lambda: asked.append(1) or prompts())
+    pack = tmp_path / "pack"
+    facts = write_facts(tmp_path / "a.jsonl", FACTS[:3])
+    summary = ok("edit", facts, "--pack", pack, "--model", model_dir, "--steps", 1, "--checkpoint-every", 1, "--json")
+    assert len(summary["versions"]) == 3 and len(asked) == 1
+    assert all(read_record(pack, v)["manifest"]["routing"]["calibration"] for v in (1, 2, 3))
+
+    edited = load_pack(pack)
+    routing = edited.manifest.routing
+    with editing(load_model(str(model_dir)), edited) as editor:
+        fresh = calibrate(UnrelatedPrompts(editor).overlaps(), routing.calibration["histogram"], edited.memory.k, 0.5)
+    assert fresh.threshold == routing.threshold and len(asked) == 2
