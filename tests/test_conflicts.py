@@ -94,3 +94,41 @@ def test_fail_names_both_facts_exits_8_and_leaves_the_pack_as_it_was(tmp_path, m
     assert FACTS[0]["id"] in result.stderr and NEW["id"] in result.stderr and "Traceback" not in result.output
     assert "--on-conflict" in result.stderr
     assert tree(pack) == before
+
+
+def test_conflicts_found_in_chunks_are_those_of_every_pair_compared_at_once(model, tokenizer, monkeypatch):
+    """60 random new facts against 40 edits, 7 at a time, at tau 0 (every pair is a question the
+    router confuses) and 0.75: the same pairs, in the same order, as comparing every pair by hand."""
+    import memoir_cli.conflicts as conflicts
+
+    generator = torch.Generator().manual_seed(0)
+    pack = empty_pack(model, tokenizer, top_k=8)
+    d_ff = pack.memory.bank.d_ff
+
+    def random_mask() -> torch.Tensor:  # 8 of the first 16 features: pairs overlap by half on average
+        return mask(*torch.randperm(16, generator=generator)[:8].tolist(), d_ff=d_ff)
+
+    for number in range(40):
+        pack.memory.bank.add(f"old-{number}", random_mask())
+        pack.facts.append(Fact(f"old question {number}", "ABC"[number % 3], f"old-{number}"))
+    pack.memory.bank.deactivate("old-3")
+    new = [Fact(f"new question {n}", "ABCD"[n % 4], f"new-{n}") for n in range(60)]
+    masks = torch.stack([random_mask() for _ in new])
+    monkeypatch.setattr(conflicts, "CHUNK", 7)
+    for tau in (0.0, 0.75):
+        pack.manifest.routing.threshold = tau
+        expected = []
+        for i, fact in enumerate(new):
+            for j, old in enumerate(pack.facts):
+                overlap = float((masks[i] & pack.memory.bank.rows([j])[0]).sum()) / 8
+                if old.id != "old-3" and overlap >= tau and old.target != fact.target:
+                    expected.append((fact.id, old.id, "pack", overlap))
+            for j in range(i):
+                overlap = float((masks[i] & masks[j]).sum()) / 8
+                if overlap >= tau and new[j].target != fact.target:
+                    expected.append((fact.id, new[j].id, "input", overlap))
+        found = [
+            (c.new.id, c.existing.id, c.existing_in, c.overlap)
+            for c in find_conflicts(pack.memory, pack.facts, new, masks, {})
+        ]
+        assert found == expected and any(c[2] == "input" for c in found) and any(c[2] == "pack" for c in found)
