@@ -15,6 +15,7 @@ Beam search reorders rows between steps, so under beams every row keeps its edit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +34,16 @@ class AfterTarget(str, Enum):
     keep = "keep"
 
 
-def watch_for(tokenizer: Any, packs: Sequence[Pack], after_target: AfterTarget | str) -> TargetWatch | None:
+def watch_for(
+    tokenizer: Any,
+    packs: Sequence[Pack],
+    after_target: AfterTarget | str,
+    tokenizer_lock: AbstractContextManager = nullcontext(),
+) -> TargetWatch | None:
     """The watch `attach` takes for `after_target`: "keep" (the paper's rule, the edit at every
     position: no watch), "release" (every pack's rows are released) or "auto" (only the rows of
-    packs trained without an end after the answer)."""
+    packs trained without an end after the answer). A server passes the lock its threads share
+    the tokenizer under: the watch tokenises targets during generation."""
     rule = AfterTarget(after_target)
     released = [
         rule is AfterTarget.release or (rule is AfterTarget.auto and not pack.manifest.training.end_answer)
@@ -45,14 +52,16 @@ def watch_for(tokenizer: Any, packs: Sequence[Pack], after_target: AfterTarget |
     if not any(released):
         return None
     targets = [[fact.target for fact in pack.facts] if r else None for pack, r in zip(packs, released)]
-    return TargetWatch(tokenizer, targets)
+    return TargetWatch(tokenizer, targets, tokenizer_lock)
 
 
 class TargetWatch:
     """Follows the tokens each row generates and says which rows have completed their target."""
 
-    def __init__(self, tokenizer: Any, targets: list[list[str] | None]) -> None:
-        self.tokenizer = tokenizer
+    def __init__(
+        self, tokenizer: Any, targets: list[list[str] | None], tokenizer_lock: AbstractContextManager = nullcontext()
+    ) -> None:
+        self.tokenizer, self.tokenizer_lock = tokenizer, tokenizer_lock  # a fast tokenizer serves one thread at a time
         self.targets = targets  # [pack][bank row] -> the edit's target text; None: the pack's rows are never released
         self._variants: dict[tuple[int, int], list[list[int]]] = {}
         self.generated: list[list[int]] = []
@@ -84,10 +93,11 @@ class TargetWatch:
             return False
         if (memory, edit) not in self._variants:
             target = targets[edit]
-            self._variants[(memory, edit)] = [
-                ids
-                for text in (target, f" {target}")
-                if (ids := self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            ]
+            with self.tokenizer_lock:
+                self._variants[(memory, edit)] = [
+                    ids
+                    for text in (target, f" {target}")
+                    if (ids := self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                ]
         tokens = self.generated[row]
         return any(tokens[-len(ids) :] == ids for ids in self._variants[(memory, edit)])

@@ -89,3 +89,22 @@ def test_a_row_of_a_pack_without_targets_to_watch_is_never_released(tokenizer):
     for token in tokenizer("Paris", add_special_tokens=False)["input_ids"] * 2:
         watch.observe(torch.tensor([[token]]), routes)
     assert watch.released.tolist() == [False]
+
+
+def test_the_watch_tokenises_targets_under_the_lock_a_server_shares_its_tokenizer_by(tokenizer):
+    """A fast tokenizer used from two threads at once fails; the server's request threads encode
+    under a lock, and the watch (in the generating thread) must take it too."""
+    import threading
+
+    lock = threading.Lock()
+    watch = TargetWatch(tokenizer, [["Paris"]], lock)
+    routes = Routes(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]))
+    paris = tokenizer("Paris", add_special_tokens=False)["input_ids"]
+    watch.start()
+    with lock:  # a request thread is encoding
+        worker = threading.Thread(target=watch.observe, args=(torch.tensor([paris[:1]]), routes))
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive()  # waiting for the tokenizer
+    worker.join(timeout=5)
+    assert not worker.is_alive() and watch.generated == [paris[:1]]

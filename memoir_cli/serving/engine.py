@@ -194,8 +194,8 @@ class Engine:
         self._running = False
         self._thread: threading.Thread | None = None
         self.lineup = lineup
-        self.wrapper = self._attach(lineup)
         self.tokenizer_lock = threading.Lock()  # fast tokenizers must not be used from two threads at once
+        self.wrapper = self._attach(lineup)
         tokenizer = loaded.tokenizer
         configured = getattr(loaded.model.generation_config, "eos_token_id", None)
         ends = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
@@ -204,7 +204,7 @@ class Engine:
 
     def _attach(self, lineup: Lineup) -> MemoirLinear:
         detach(self.loaded.model)
-        watch = watch_for(self.loaded.tokenizer, lineup.packs, self.after_target)
+        watch = watch_for(self.loaded.tokenizer, lineup.packs, self.after_target, self.tokenizer_lock)
         return attach(self.loaded.model, *lineup.packs, watch=watch)
 
     def encode(self, build: Callable[[Any], Prompt]) -> Prompt:
