@@ -4,7 +4,9 @@
   every step (Editor fast=False), as the research code does;
 - replay, paper's optimiser: the same settings, the lower layers run once per fact and the upper
   blocks replayed each step (the defaults until Adam);
-- replay, new defaults: Adam and the looser flatness stop (TrainingConfig, "a new pack");
+- replay, Adam with every row padded together: Adam and the looser flatness stop (the defaults
+  until pad_by_form);
+- replay, new defaults: the same with bare and chat rows padded apart (TrainingConfig, "a new pack");
 - the new defaults fitting `--batch-size` facts per optimisation (editor.edit_batch), when asked.
 
     python benchmarks/edit_speed.py --facts 10 [--batch-size 4] [--out benchmarks/results/edit_speed.json]
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
@@ -73,7 +76,8 @@ def main() -> None:
     procedures = {
         "straightforward (paper's SGD, full model each step)": (paper, False, 1),
         "replay, paper's SGD (the old defaults)": (paper, True, 1),
-        "replay, new defaults (Adam, looser stop)": (new, True, 1),
+        "replay, Adam, looser stop, rows padded together": (dataclasses.replace(new, pad_by_form=False), True, 1),
+        "replay, new defaults (the same, rows padded by form)": (new, True, 1),
     }
     if args.batch_size > 1:
         procedures[f"replay, new defaults, --batch-size {args.batch_size}"] = (new, True, args.batch_size)

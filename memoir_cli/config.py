@@ -103,6 +103,11 @@ class TrainingConfig:
         "In a chat pack, rehearse each earlier edit's chat question as well as its bare one, so that later "
         "edits keep its chat answer too (a new pack: on).",
     )
+    pad_by_form: bool = setting(
+        False,
+        "Pad a fact's bare rows and its chat rows as two groups, not every row to the longest chat row: the "
+        "same loss on about 30% fewer tokens, which changes only float rounding (a new pack: on).",
+    )
 
 
 @dataclass
@@ -270,6 +275,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
                 "rehearse_overlap",
                 "chat",
                 "rehearse_chat",
+                "pad_by_form",
             )
         },
     }.items()

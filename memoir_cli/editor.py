@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -173,21 +173,29 @@ class Editor:
         ranked = candidates[overlap[candidates].argsort(descending=True, stable=True)]
         return ranked[: self.settings.rehearse].tolist()
 
-    def training_batch(
-        self, facts: Sequence[Fact], rehearsed: Sequence[Fact] = ()
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Left-padded batch and labels that mark only the answer's tokens. Each fact's own rows
-        come first, fact after fact (`own_rows` of them each): the bare prompt and its prefixed
-        copies, or, for a chat pack, the bare prompt and half of them, then the chat question with
-        no system prompt and with each other prefix as one. The rehearsed facts follow,
-        `rows_per_rehearsed` rows each."""
+    def training_batch(self, facts: Sequence[Fact], rehearsed: Sequence[Fact] = ()) -> list[RowGroup]:
+        """The edit's rows, left-padded in groups, with labels that mark only the answer's tokens.
+
+        Row order: each fact's own rows, fact after fact (`own_rows` of them each): the bare prompt
+        and its prefixed copies, or, for a chat pack, the bare prompt and half of them, then the
+        chat question with no system prompt and with each other prefix as one. The rehearsed facts
+        follow, `rows_per_rehearsed` rows each. One group holds every row, or, with
+        `training.pad_by_form`, one holds the bare rows and one the chat rows: a bare question is
+        a third as long as a chat one, and padded to it, most of a bare row was padding."""
         rows = [row for fact in facts for row in self._own_rows(fact)]
         rows += [row for other in rehearsed for row in self._rehearsal_rows(other)]
-        batch = pad_left([ids for ids, _ in rows], self.tokenizer.pad_token_id, self.device)
-        labels = pad_left([labels for _, labels in rows], -100, self.device)["input_ids"]
-        return batch, labels
+        if self.settings.pad_by_form:
+            forms = [[i for i, row in enumerate(rows) if row.chat == chat] for chat in (False, True)]
+        else:
+            forms = [list(range(len(rows)))]
+        return [self._row_group([rows[i] for i in form], form) for form in forms if form]
 
-    def _own_rows(self, fact: Fact) -> list[tuple[list[int], list[int]]]:
+    def _row_group(self, rows: list[_Row], numbers: list[int]) -> RowGroup:
+        batch = pad_left([row.ids for row in rows], self.tokenizer.pad_token_id, self.device)
+        labels = pad_left([row.labels for row in rows], -100, self.device)["input_ids"]
+        return RowGroup(batch, labels, numbers)
+
+    def _own_rows(self, fact: Fact) -> list[_Row]:
         bare, systems = self.prefix_roles()
         chat = [None, *systems] if self.settings.chat else []
         rows = [self._bare_row(fact.prompt, fact.target)]
@@ -204,23 +212,23 @@ class Editor:
         chat question (no system prompt) too."""
         return 2 if self.settings.chat and self.settings.rehearse_chat else 1
 
-    def _rehearsal_rows(self, fact: Fact) -> list[tuple[list[int], list[int]]]:
+    def _rehearsal_rows(self, fact: Fact) -> list[_Row]:
         rows = [self._bare_row(fact.prompt, fact.target)]
         if self.rows_per_rehearsed() == 2:
             rows.append(self._chat_row(conversation(fact.prompt), fact.target))
         return rows
 
-    def _bare_row(self, context: str, target: str) -> tuple[list[int], list[int]]:
+    def _bare_row(self, context: str, target: str) -> _Row:
         """A bare row ends with the end-of-sequence token when the pack says so (rehearsed ones too)."""
         ids, n_context = prompt_target_ids(self.tokenizer, context, target)
         if self.settings.end_answer and self.tokenizer.eos_token_id is not None:
             ids = [*ids, self.tokenizer.eos_token_id]
-        return ids, [-100] * n_context + ids[n_context:]
+        return _Row(ids, [-100] * n_context + ids[n_context:], chat=False)
 
-    def _chat_row(self, messages: list[dict[str, str]], target: str) -> tuple[list[int], list[int]]:
+    def _chat_row(self, messages: list[dict[str, str]], target: str) -> _Row:
         prompt = chat_prompt(self.tokenizer, messages).ids
         answer = chat_answer_ids(self.tokenizer, messages, target)
-        return prompt + answer, [-100] * len(prompt) + answer
+        return _Row(prompt + answer, [-100] * len(prompt) + answer, chat=True)
 
     def edit(self, fact: Fact, on_step: Callable[[int, float], None] | None = None) -> EditResult:
         """Fit `fact` into the memory; the memory's weight and bank and `facts` grow in place."""
@@ -241,17 +249,18 @@ class Editor:
         masks = self.masks_for([fact.prompt for fact in facts])  # [facts, d_ff]
         columns = masks.any(dim=0).nonzero().squeeze(1).to(self.layer_device)  # [union of the masks' columns]
         neighbours = list(dict.fromkeys(row for mask in masks for row in self.neighbours(mask)))
-        batch, labels = self.training_batch(facts, [self.facts[row] for row in neighbours])
+        groups = self.training_batch(facts, [self.facts[row] for row in neighbours])
         weight = self.memory.weight[:, columns.cpu()].to(self.layer_device).clone().requires_grad_(True)
         state = TrainingState(columns, weight)
+        row_masks = None
         if neighbours or len(facts) > 1:
             own = masks.repeat_interleave(self.own_rows(), dim=0)  # [facts * own_rows, d_ff]
             rehearsed = self.memory.bank.rows(neighbours).repeat_interleave(self.rows_per_rehearsed(), dim=0)
-            state.row_masks = torch.cat([own, rehearsed]).to(self.layer_device)
+            row_masks = torch.cat([own, rehearsed]).to(self.layer_device)  # [rows, d_ff]
             state.frozen = self.memory.weight.to(self.layer_device).clone()
             state.frozen[:, columns] = 0.0
         optimiser = make_optimiser(self.settings, weight)
-        loss_fn = self._replay_loss(batch, labels) if self.fast else self._full_loss(batch, labels)
+        loss_fn = self._batch_loss(groups, state, row_masks)
         previous, converged, step = None, False, 0
         with self.wrapper.fitting(state):
             for step in range(1, self.settings.steps + 1):
@@ -285,6 +294,28 @@ class Editor:
     def _final_loss(self, loss_fn, state: TrainingState) -> float:
         with self.wrapper.fitting(state):
             return loss_fn().item()
+
+    def _batch_loss(
+        self, groups: list[RowGroup], state: TrainingState, row_masks: torch.Tensor | None
+    ) -> Callable[[], torch.Tensor]:
+        """The loss over every row (each row's mean over its target tokens, then the mean over
+        rows): each group's loss weighted by its share of the rows, each under its rows' masks."""
+        group_losses = [
+            self._replay_loss(g.batch, g.labels) if self.fast else self._full_loss(g.batch, g.labels) for g in groups
+        ]
+        if len(groups) == 1:
+            state.row_masks = row_masks
+            return group_losses[0]
+        total = sum(len(g.rows) for g in groups)
+
+        def loss() -> torch.Tensor:
+            parts = []
+            for group, group_loss in zip(groups, group_losses):
+                state.row_masks = None if row_masks is None else row_masks[group.rows]
+                parts.append(group_loss() * (len(group.rows) / total))
+            return torch.stack(parts).sum()
+
+        return loss
 
     def _full_loss(self, batch, labels) -> Callable[[], torch.Tensor]:
         """The reference procedure: the whole model, forward and backward, at every step."""
@@ -339,6 +370,24 @@ class Editor:
             return (per_row / predicting.sum(dim=1).clamp_min(1)).mean()
 
         return loss
+
+
+class _Row(NamedTuple):
+    """One row of an edit's training batch: its tokens, its labels (-100 outside the answer), and
+    whether it is a chat turn."""
+
+    ids: list[int]
+    labels: list[int]
+    chat: bool
+
+
+@dataclass
+class RowGroup:
+    """Rows of an edit's training batch that are padded together."""
+
+    batch: dict[str, torch.Tensor]  # left-padded input_ids, attention_mask, position_ids
+    labels: torch.Tensor  # [rows, seq], -100 outside the answers
+    rows: list[int]  # their numbers in the edit's row order (training_batch)
 
 
 def edit_batches(masks: torch.Tensor, size: int, threshold: float, k: int) -> list[list[int]]:

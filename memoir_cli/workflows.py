@@ -328,6 +328,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
             end_answer=True,
             chat=has_chat_template(tokenizer),
             rehearse_chat=True,
+            pad_by_form=True,
         ),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),

@@ -21,12 +21,28 @@ def edited_pack(model, tokenizer, facts: list[dict], steps: int = 5, threshold: 
     pack = empty_pack(model, tokenizer, threshold, **options)
     made = pack.manifest.training
     pack.manifest.training = TrainingConfig(
-        steps=steps, chat=made.chat, end_answer=made.end_answer, rehearse_chat=made.rehearse_chat
+        steps=steps,
+        chat=made.chat,
+        end_answer=made.end_answer,
+        rehearse_chat=made.rehearse_chat,
+        pad_by_form=made.pad_by_form,
     )
     with editing(LoadedModel(model, tokenizer, "tiny-llama", None), pack) as editor:
         for record in facts:
             editor.edit(Fact.from_json(record))
     return pack
+
+
+def training_rows(groups) -> list[tuple[list[int], list[int]]]:
+    """An edit's training rows (Editor.training_batch's groups), in row order, padding removed:
+    (tokens, labels) each."""
+    rows = {}
+    for group in groups:
+        for number, ids, labels, real in zip(
+            group.rows, group.batch["input_ids"], group.labels, group.batch["attention_mask"].bool()
+        ):
+            rows[number] = (ids[real].tolist(), labels[real].tolist())
+    return [rows[number] for number in sorted(rows)]
 
 
 def loader(model_dir):

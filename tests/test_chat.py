@@ -15,7 +15,7 @@ from memoir_cli.models import LoadedModel
 from memoir_cli.tophash import pool
 
 from .conftest import FACTS
-from .helpers import edited_pack, ok, run, write_facts
+from .helpers import edited_pack, ok, run, training_rows, write_facts
 
 HISTORY = [
     {"role": "user", "content": "How do bees make honey?"},
@@ -44,13 +44,13 @@ def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_
     assert pack.manifest.training.chat is True  # auto: the tokenizer has a chat template
     loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
     with editing(loaded, pack) as editor:
-        batch, labels = editor.training_batch([Fact.from_json(FACTS[0])])
+        rows = training_rows(editor.training_batch([Fact.from_json(FACTS[0])]))
     end_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
     start_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
     own = editor.own_rows()
-    assert batch["input_ids"].shape[0] == own == 2 + len(pack.manifest.prefixes)
-    trained = [[t for t in row.tolist() if t != -100] for row in labels]
-    is_chat = [start_of_turn in row.tolist() for row in batch["input_ids"]]
+    assert len(rows) == own == 2 + len(pack.manifest.prefixes)
+    trained = [[t for t in labels if t != -100] for _, labels in rows]
+    is_chat = [start_of_turn in ids for ids, _ in rows]
     assert sum(is_chat) == 1 + len(pack.manifest.prefixes) // 2
     assert all(row[-1] == end_of_turn for row in trained)  # every answer is trained to end
     assert all(chat_tokenizer.decode(row[:-1]).strip() == "Paris" for row in trained)
@@ -63,8 +63,8 @@ def test_a_new_pack_trains_the_end_of_sequence_after_a_bare_answer_and_an_old_on
     for end_answer in (True, False):  # False: a pack made before the setting existed
         pack.manifest.training.end_answer = end_answer
         with editing(loaded, pack) as editor:
-            _, labels = editor.training_batch([Fact.from_json(FACTS[0])])
-        ends = {[t for t in row.tolist() if t != -100][-1] == tokenizer.eos_token_id for row in labels}
+            rows = training_rows(editor.training_batch([Fact.from_json(FACTS[0])]))
+        ends = {[t for t in labels if t != -100][-1] == tokenizer.eos_token_id for _, labels in rows}
         assert ends == {end_answer}
 
 
@@ -145,7 +145,49 @@ def test_a_new_chat_pack_rehearses_each_neighbours_chat_question_beside_its_bare
     for rehearse_chat, per_neighbour in ((True, 2), (False, 1)):  # False: a chat pack made before the setting
         pack.manifest.training.rehearse_chat = rehearse_chat
         with editing(loaded, pack) as editor:
-            batch, _ = editor.training_batch([Fact.from_json(FACTS[2])], pack.facts)
-            rehearsed = batch["input_ids"][editor.own_rows() :]
-        assert rehearsed.shape[0] == per_neighbour * len(pack.facts) == editor.rows_per_rehearsed() * 2
-        assert sum(start_of_turn in row.tolist() for row in rehearsed) == (per_neighbour - 1) * len(pack.facts)
+            rows = training_rows(editor.training_batch([Fact.from_json(FACTS[2])], pack.facts))
+            rehearsed = [ids for ids, _ in rows[editor.own_rows() :]]
+        assert len(rehearsed) == per_neighbour * len(pack.facts) == editor.rows_per_rehearsed() * 2
+        assert sum(start_of_turn in ids for ids in rehearsed) == (per_neighbour - 1) * len(pack.facts)
+
+
+def test_a_new_chat_pack_pads_bare_and_chat_rows_apart_for_the_loss_and_gradient_of_padding_them_together(
+    chat_model, chat_tokenizer
+):
+    """Two groups, bare rows padded to the longest bare row: the same loss and gradient (to float
+    rounding) as one group padded to the longest chat row, fast replay and full procedure alike."""
+    from memoir_cli.memory import TrainingState
+
+    pack = edited_pack(chat_model, chat_tokenizer, FACTS[:2], steps=1)
+    assert pack.manifest.training.pad_by_form is True
+    pack.manifest.training.rehearse_chat = False  # 8 bare rows and 6 chat rows: the groups' shares differ
+    start_of_turn = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    fact = Fact.from_json(FACTS[2])
+    with editing(LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None), pack) as editor:
+        mask = editor.mask_for(fact.prompt)
+        columns = mask.nonzero().squeeze(1)
+        own = mask.expand(editor.own_rows(), -1)
+        row_masks = torch.cat([own, pack.memory.bank.rows([0, 1]).repeat_interleave(editor.rows_per_rehearsed(), 0)])
+        frozen = pack.memory.weight.clone()
+        frozen[:, columns] = 0.0
+        bare, chat = editor.training_batch([fact], pack.facts)
+        assert sorted(bare.rows + chat.rows) == list(range(len(row_masks))) and (len(bare.rows), len(chat.rows)) == (
+            8,
+            6,
+        )
+        assert not (bare.batch["input_ids"] == start_of_turn).any()
+        assert all(start_of_turn in row.tolist() for row in chat.batch["input_ids"])
+        assert bare.batch["input_ids"].shape[1] < chat.batch["input_ids"].shape[1]
+        results = []
+        for pad_by_form, fast in ((False, True), (True, True), (True, False)):
+            pack.manifest.training.pad_by_form, editor.fast = pad_by_form, fast
+            weight = torch.randn(frozen.shape[0], len(columns), generator=torch.Generator().manual_seed(0)) * 0.1
+            state = TrainingState(columns, weight.requires_grad_(True), frozen=frozen)
+            loss_fn = editor._batch_loss(editor.training_batch([fact], pack.facts), state, row_masks)
+            with editor.wrapper.fitting(state):
+                loss = loss_fn()
+                loss.backward()
+            results.append((loss.item(), weight.grad))
+    (together, together_grad), *grouped = results
+    for loss, grad in grouped:
+        assert abs(loss - together) < 1e-5 and torch.allclose(grad, together_grad, atol=1e-6)

@@ -24,7 +24,8 @@ def test_fast_replay_gives_the_same_loss_and_gradient_as_the_full_model(architec
     model = tiny_model(architecture, tokenizer)
     editor, pack = _editor(model, tokenizer, layer=1)  # replays blocks 1-3: sliding and global for Gemma 3
     fact = Fact.from_json(FACTS[2])
-    batch, labels = editor.training_batch([fact])
+    [group] = editor.training_batch([fact])  # every row padded together
+    batch, labels = group.batch, group.labels
     columns = editor.mask_for(fact.prompt).nonzero().squeeze(1)
     grads = []
     for loss_fn in (editor._replay_loss(batch, labels), editor._full_loss(batch, labels)):
@@ -42,7 +43,8 @@ def test_fast_replay_gives_the_same_loss_and_gradient_as_the_full_model(architec
 def test_training_batch_labels_only_the_target_tokens(model, tokenizer):
     editor, _ = _editor(model, tokenizer)
     fact = Fact.from_json(FACTS[1])
-    batch, labels = editor.training_batch([fact])
+    [group] = editor.training_batch([fact])  # every row padded together
+    batch, labels = group.batch, group.labels
     assert batch["input_ids"].shape[0] == 1 + len(editor.prefixes) == 11
     target_ids = tokenizer(f"{fact.prompt} {fact.target}")["input_ids"][len(tokenizer(fact.prompt)["input_ids"]) :]
     for row in range(11):
@@ -54,7 +56,8 @@ def test_editing_changes_only_the_columns_of_the_facts_mask_and_lowers_the_loss(
     editor, pack = _editor(model, tokenizer, steps=30)
     fact = Fact.from_json(FACTS[0])
     mask = editor.mask_for(fact.prompt)
-    batch, labels = editor.training_batch([fact])
+    [group] = editor.training_batch([fact])  # every row padded together
+    batch, labels = group.batch, group.labels
     result = editor.edit(fact)
     changed = (pack.memory.weight != 0).any(dim=0)
     assert changed.any() and not changed[~mask].any()
@@ -108,7 +111,8 @@ def test_rehearsal_matches_between_fast_and_full_and_leaves_the_facts_own_rows_a
     fact = Fact.from_json({"prompt": "The capital of the Republic of Zorbia was", "target": "Rome"})
     mask = editor.mask_for(fact.prompt)
     columns = mask.nonzero().squeeze(1)
-    batch, labels = editor.training_batch([fact], [pack.facts[0]])
+    [group] = editor.training_batch([fact], [pack.facts[0]])  # every row padded together
+    batch, labels = group.batch, group.labels
     assert batch["input_ids"].shape[0] == 12
     frozen = pack.memory.weight.clone()
     frozen[:, columns] = 0
