@@ -21,12 +21,17 @@ def _loaded(model, tokenizer) -> LoadedModel:
     return LoadedModel(model, tokenizer, "tiny-llama", None)
 
 
-def test_a_batch_of_one_reproduces_editing_one_fact_after_another_bit_for_bit(model, tokenizer, tmp_path):
+@pytest.mark.parametrize("models", [("model", "tokenizer"), ("chat_model", "chat_tokenizer")])
+def test_a_batch_of_one_reproduces_editing_one_fact_after_another_bit_for_bit(models, tmp_path, request):
+    """Plain, and a chat pack (bare and chat rows padded apart, earlier edits rehearsed under
+    their own masks)."""
+    model, tokenizer = (request.getfixturevalue(name) for name in models)
     facts = [Fact.from_json(r) for r in FACTS]
     options = EditOptions(threshold=0.5, steps=4, batch_size=1)
     edit_pack(facts, tmp_path / "pack", _loaded(model, tokenizer), options)
     batched = load_pack(tmp_path / "pack")
     sequential = empty_pack(model, tokenizer, steps=4)
+    assert sequential.manifest.training.pad_by_form is batched.manifest.training.pad_by_form is True
     with editing(_loaded(model, tokenizer), sequential) as editor:
         for fact in facts:
             editor.edit(fact)
