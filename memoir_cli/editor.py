@@ -307,11 +307,12 @@ class Editor:
             state.row_masks = row_masks
             return group_losses[0]
         total = sum(len(g.rows) for g in groups)
+        group_masks = [None if row_masks is None else row_masks[g.rows] for g in groups]  # once, not every step
 
         def loss() -> torch.Tensor:
             parts = []
-            for group, group_loss in zip(groups, group_losses):
-                state.row_masks = None if row_masks is None else row_masks[group.rows]
+            for group, group_loss, masks in zip(groups, group_losses, group_masks):
+                state.row_masks = masks
                 parts.append(group_loss() * (len(group.rows) / total))
             return torch.stack(parts).sum()
 
