@@ -8,6 +8,8 @@ from importlib import metadata
 
 import torch
 
+from memoir_cli._version import __version__
+
 
 def environment() -> dict:
     return {
@@ -15,6 +17,7 @@ def environment() -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "versions": {
             name: metadata.version(name)
-            for name in ("torch", "transformers", "huggingface-hub", "numpy", "safetensors", "memoir-cli")
-        },
+            for name in ("torch", "transformers", "huggingface-hub", "numpy", "safetensors")
+        }
+        | {"memoir-cli": __version__},  # from the source, so that a checkout run without installing records it
     }

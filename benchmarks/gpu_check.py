@@ -5,7 +5,7 @@ Run by benchmarks/gpu_check.sh after the `cuda` tests; prints a table and writes
 GPU it stops at once with a clear message; `--device cpu --records 2` is a smoke run of the script
 itself (its numbers mean nothing).
 
-    python benchmarks/gpu_check.py [--records 100] [--out benchmarks/results/gpu_check.json]
+    python benchmarks/gpu_check.py [--records 100] [--models smollm2 gemma] [--out results/gpu_check.json]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def gemma_path() -> str:
     return str(assemble())
 
 
-MODELS = {"SmolLM2-135M-Instruct": lambda: "default", "Gemma-3-270M": gemma_path}
+MODELS = {"smollm2": ("SmolLM2-135M-Instruct", lambda: "default"), "gemma": ("Gemma-3-270M", gemma_path)}
 
 
 def tokens_per_second(session: Session, prompts: list[str], device: str) -> float:
@@ -79,6 +79,7 @@ def check(name: str, spec: str, facts, work: Path, device: str) -> dict:
         "edits": len(summary.results),
         "seconds_per_edit": edit_seconds / max(1, len(summary.results)),
         "median_seconds_per_edit": statistics.median(r.seconds for r in summary.results),
+        "mean_steps": statistics.fmean(r.steps for r in summary.results),
         "eval_seconds": eval_seconds,
         "tokens_per_second": speed,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
@@ -92,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -99,16 +101,17 @@ def main() -> None:
     facts = read_zsre_json(ZSRE, on_skip=lambda _: None)[: args.records]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, spec in MODELS.items():
+        for name, spec in (MODELS[key] for key in args.models):
             rows.append(check(name, spec(), facts, Path(folder), args.device))
             print(f"[gpu_check] {name}: done", flush=True)
-    header = f"{'model':<24} {'s/edit':>7} {'median':>7} {'tok/s':>8} {'peak GiB':>9}"
+    header = f"{'model':<24} {'s/edit':>7} {'median':>7} {'steps':>6} {'tok/s':>8} {'peak GiB':>9}"
     print(f"\n{header} {'TF Rel/Gen/Loc':>16} {'WILD question Rel/Gen/Loc':>26} {'WILD chat':>16}")
     for row in rows:
         tf = "/".join(f"{row['scores'][k]:.2f}" for k in ("rel", "gen", "loc"))
         question, chat = (wild_cell(row["wild"].get(context)) for context in ("question", "chat"))
         print(
             f"{row['model']:<24} {row['seconds_per_edit']:>7.2f} {row['median_seconds_per_edit']:>7.2f} "
+            f"{row['mean_steps']:>6.1f} "
             f"{row['tokens_per_second']:>8.1f} {row['peak_memory_gib']:>9.2f} {tf:>16} {question:>26} {chat:>16}"
         )
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None

@@ -114,6 +114,15 @@ def test_on_a_gpu_a_bf16_checkpoint_loads_in_bf16_and_its_memory_can_be_stored_i
     assert answers[0]["edit_id"] == FACTS[0]["id"]
 
 
+@pytest.mark.cuda
+def test_on_a_gpu_a_device_map_places_the_model_and_edits_and_routes_there(tmp_path, model_dir):
+    assert load_model(str(model_dir), device="cuda", device_map="auto").input_device.type == "cuda"
+    pack, placement = tmp_path / "pack", ["--device", "cuda", "--device-map", "auto"]
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS), "--pack", pack, "--model", model_dir, *placement)
+    answers = ok("apply", pack, "--prompt", FACTS[2]["prompt"], *placement, "--json")
+    assert answers[0]["edit_id"] == FACTS[2]["id"] and answers[0]["overlap"] == 1.0
+
+
 def test_an_unknown_device_map_is_refused_before_anything_loads(model_dir):
     with pytest.raises(ModelError, match=r"unknown device map 'bogus' \(expected auto, balanced"):
         load_model(str(model_dir), device_map="bogus")
