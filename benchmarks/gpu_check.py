@@ -1,11 +1,12 @@
 """On a machine with a CUDA GPU: edit and evaluate N ZsRE records on SmolLM2-135M-Instruct and on
-Gemma-3-270M in bf16, and measure seconds per edit, generation tokens/s and peak GPU memory.
+Gemma-3-270M in bf16 (`--dtype float32` to compare), and measure seconds per edit, generation
+tokens/s and peak GPU memory.
 
 Run by benchmarks/gpu_check.sh after the `cuda` tests; prints a table and writes JSON. Without a
 GPU it stops at once with a clear message; `--device cpu --records 2` is a smoke run of the script
 itself (its numbers mean nothing).
 
-    python benchmarks/gpu_check.py [--records 100] [--models smollm2 gemma] [--out results/gpu_check.json]
+    python benchmarks/gpu_check.py [--records 100] [--models smollm2 gemma] [--dtype bfloat16] [--out FILE]
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def check(name: str, spec: str, facts, work: Path, device: str) -> dict:
+def check(name: str, spec: str, facts, work: Path, device: str, dtype: str) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    loaded = load_model(spec, device=device, dtype="bfloat16")
+    loaded = load_model(spec, device=device, dtype=dtype)
     started = time.perf_counter()
-    summary = edit_pack(facts, work / name, loaded, EditOptions(device=device, dtype="bfloat16"))
+    summary = edit_pack(facts, work / name, loaded, EditOptions(device=device, dtype=dtype))
     edit_seconds = time.perf_counter() - started
-    session = Session([work / name], spec, device=device, dtype="bfloat16")
+    session = Session([work / name], spec, device=device, dtype=dtype)
     started = time.perf_counter()
     contexts = ["question", "chat"] if has_chat_template(session.loaded.tokenizer) else ["question"]
     report = session.evaluate(facts, check_generation=True, wild_contexts=contexts).to_json()
@@ -75,7 +76,7 @@ def check(name: str, spec: str, facts, work: Path, device: str) -> dict:
     speed = tokens_per_second(session, [f.prompt for f in facts], device)
     return {
         "model": name,
-        "dtype": "bfloat16",
+        "dtype": dtype,
         "edits": len(summary.results),
         "seconds_per_edit": edit_seconds / max(1, len(summary.results)),
         "median_seconds_per_edit": statistics.median(r.seconds for r in summary.results),
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: this torch build sees no CUDA GPU; run it on a machine that has one")
@@ -102,7 +104,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, spec in (MODELS[key] for key in args.models):
-            rows.append(check(name, spec(), facts, Path(folder), args.device))
+            rows.append(check(name, spec(), facts, Path(folder), args.device, args.dtype))
             print(f"[gpu_check] {name}: done", flush=True)
     header = f"{'model':<24} {'s/edit':>7} {'median':>7} {'steps':>6} {'tok/s':>8} {'peak GiB':>9}"
     print(f"\n{header} {'TF Rel/Gen/Loc':>16} {'WILD question Rel/Gen/Loc':>26} {'WILD chat':>16}")
