@@ -70,8 +70,13 @@ def fact_id(prompt: str, target: str) -> str:
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """A JSON schema shipped in `schemas/` (the package `memoir_cli.schemas`)."""
-    return json.loads(resources.files("memoir_cli.schemas").joinpath(name).read_text(encoding="utf-8"))
+    """A JSON schema shipped in `schemas/`: the package `memoir_cli.schemas` once installed, else the
+    checkout's own folder, so that a source tree run from PYTHONPATH (a GPU box without pip) works."""
+    try:
+        folder: Any = resources.files("memoir_cli.schemas")
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "schemas"
+    return json.loads(folder.joinpath(name).read_text(encoding="utf-8"))
 
 
 @cache

@@ -116,6 +116,19 @@ def test_every_schema_ships_inside_the_package_and_equals_the_top_level_file():
         assert load_schema(name) == json.loads((top_level / name).read_text())
 
 
+def test_a_checkout_run_without_installing_reads_the_schemas_from_its_own_folder(monkeypatch):
+    def not_installed(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    load_schema.cache_clear()
+    monkeypatch.setattr(resources, "files", not_installed)
+    try:
+        top_level = Path(__file__).resolve().parent.parent / "schemas"
+        assert load_schema("fact.schema.json") == json.loads((top_level / "fact.schema.json").read_text())
+    finally:
+        load_schema.cache_clear()
+
+
 def test_each_missing_or_unknown_field_of_a_record_is_named_once(tmp_path):
     details, path = problems_in(tmp_path, '{"colour": "red", "size": 3}\n')
     assert details == [
