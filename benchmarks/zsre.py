@@ -35,8 +35,10 @@ from pathlib import Path
 import torch
 
 from memoir_cli.facts import read_zsre_json
+from memoir_cli.models import load_model
 from memoir_cli.session import Session
-from memoir_cli.workflows import EditOptions, edit_pack
+from memoir_cli.store import load_pack
+from memoir_cli.workflows import EditOptions, edit_pack, model_spec_for
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 FINETUNE_D_FF = 1536  # SmolLM2-135M's MLP width: k = d_ff means every column
@@ -54,17 +56,20 @@ def method_options(method: str) -> EditOptions:
 
 
 def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> list[float]:
-    """Edit facts[:max(sizes)] into work/method/pack, snapshotting at each size; returns seconds per edit."""
+    """Edit facts[:max(sizes)] into work/method/pack, snapshotting at each size; returns seconds per edit.
+    The model is loaded once, not once per chunk (a GGUF file is dequantised at every load)."""
     folder = work / method
     folder.mkdir(parents=True, exist_ok=True)
     progress_file = folder / "seconds.json"
     seconds: list[float] = json.loads(progress_file.read_text()) if progress_file.exists() else []
     pack = folder / "pack"
+    loaded = None
     for size in sorted(sizes):
         while len(seconds) < size:
             batch = facts[len(seconds) : min(size, len(seconds) + chunk)]
+            loaded = loaded or load_model(model_spec_for(load_pack(pack)) if pack.exists() else None)
             summary = edit_pack(
-                batch, pack, None, method_options(method) if not pack.exists() else _resume_options(method)
+                batch, pack, loaded, method_options(method) if not pack.exists() else _resume_options(method)
             )
             if summary.plan.skipped:  # a previous run committed these facts but not their timings
                 seconds.extend([float("nan")] * len(summary.plan.skipped))
@@ -86,6 +91,7 @@ def _resume_options(method: str) -> EditOptions:
         steps=options.steps,
         lr=options.lr,
         rehearse_overlap=options.rehearse_overlap,
+        protect=options.protect,
         chat=options.chat,
     )
 
@@ -188,9 +194,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
+    parser.add_argument("--protect", type=float, help="damping along earlier edits' directions (default: the editor's)")
     parser.add_argument("--chat", choices=["auto", "on", "off"], help="train the chat form too (default: auto)")
     args = parser.parse_args()
-    keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap")
+    keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap", "protect")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     numeric = dict(SETTINGS)
     if args.chat:
@@ -203,6 +210,7 @@ def main() -> None:
         "lr": (1e-12, None),
         "rehearse": (0, None),
         "rehearse_overlap": (0, 1),
+        "protect": (0, None),
     }
     for key, value in numeric.items():  # refuse a bad setting before any folder is made or model loaded
         low, high = ranges[key]

@@ -103,6 +103,11 @@ class TrainingConfig:
         "In a chat pack, rehearse each earlier edit's chat question as well as its bare one, so that later "
         "edits keep its chat answer too (a new pack: on).",
     )
+    protect: float = setting(
+        0.0,
+        "How strongly a new edit's steps are damped along the directions in which earlier active edits read "
+        "the memory (protection.py; 0 = off: only the rehearsed edits are kept).",
+    )
     pad_by_form: bool = setting(
         False,
         "Pad a fact's bare rows and its chat rows as two groups, not every row to the longest chat row: the "
@@ -273,6 +278,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
                 "stop_delta",
                 "rehearse",
                 "rehearse_overlap",
+                "protect",
                 "chat",
                 "rehearse_chat",
                 "pad_by_form",

@@ -10,7 +10,8 @@ prompts most of them, any two about k/d_ff of them), so fitting a fact overwrite
 edits. The batch therefore also carries the bare prompt and target of the `rehearse` earlier active
 edits whose masks overlap this fact's most (at least `rehearse_overlap`), each under its own stored
 mask. Only this fact's columns are trained; the rehearsed rows make the optimiser fit the new fact
-without undoing the edits it shares columns with.
+without undoing the edits it shares columns with. Protection (`training.protect`, protection.py)
+reaches every other earlier edit too: each step is damped along the directions they read.
 
 Why it is fast: nothing below the edit layer depends on the memory, so one no-grad pass records
 the hidden state entering the edit layer's block and the arguments each upper block receives;
@@ -38,6 +39,7 @@ from .facts import Fact
 from .memory import MemoirLinear, TrainingState, attach, detach, mask_overlaps
 from .models import LoadedModel, decoder_layers, final_norm, input_device
 from .pack import Pack
+from .protection import Protection, damped_step, layer_inputs
 from .tophash import prompt_features
 
 if TYPE_CHECKING:
@@ -108,6 +110,8 @@ class Editor:
         self.fast = fast
         self.device = input_device(model)  # where the batch goes
         self.layer_device = wrapper.base.weight.device  # where the memory trains (a device map may differ)
+        self._protection: Protection | None = None
+        self._protected: list[int] = []  # the bank rows in self._protection, in bank order
 
     @property
     def settings(self) -> TrainingConfig:
@@ -261,6 +265,8 @@ class Editor:
             state.frozen[:, columns] = 0.0
         optimiser = make_optimiser(self.settings, weight)
         loss_fn = self._batch_loss(groups, state, row_masks)
+        protection = self.protection()
+        damping = None if protection is None else protection.damping(columns, self.settings.protect, self.layer_device)
         previous, converged, step = None, False, 0
         with self.wrapper.fitting(state):
             for step in range(1, self.settings.steps + 1):
@@ -278,7 +284,10 @@ class Editor:
                     break
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([weight], self.settings.clip)
-                optimiser.step()
+                if damping is None:
+                    optimiser.step()
+                else:
+                    damped_step(optimiser, weight, damping)
                 previous = value
         final = value if converged else self._final_loss(loss_fn, state)
         self.memory.weight[:, columns.cpu()] = weight.detach().to(self.memory.weight.device, self.memory.weight.dtype)
@@ -286,9 +295,32 @@ class Editor:
             row = self.memory.bank.add(fact.id, mask)
             self.memory.keys.add(row, self.key_masks(fact.prompt))
             self.facts.append(fact)
+            if protection is not None:
+                self._protect(row)
         self.wrapper.refresh()
         seconds = (time.perf_counter() - start) / len(facts)  # the batch's time, shared
         return [EditResult(f.id, final, step, converged, seconds, len(neighbours)) for f in facts]
+
+    def protection(self) -> Protection | None:
+        """The interference matrix over the active edits (protection.py), or None when the pack does
+        not protect. Built on first use from every active edit in bank order, rebuilt the same way
+        when an edit was deactivated since, so that a replay computes the same matrix."""
+        if self.settings.protect <= 0:
+            return None
+        active = self.memory.bank.active.nonzero().squeeze(1).tolist()
+        if self._protection is None or active[: len(self._protected)] != self._protected:
+            self._protection, self._protected = Protection(self.memory.bank.d_ff), []
+        for row in active[len(self._protected) :]:
+            self._protect(row)
+        return self._protection
+
+    def _protect(self, row: int) -> None:
+        """Add bank row `row`'s edit to the matrix: its rehearsal rows' inputs under its mask."""
+        assert self._protection is not None
+        ids = [r.ids for r in self._rehearsal_rows(self.facts[row])]
+        inputs = layer_inputs(self.model, self.wrapper, ids, self.device)
+        self._protection.add(inputs, self.memory.bank.rows([row])[0])
+        self._protected.append(row)
 
     @torch.no_grad()
     def _final_loss(self, loss_fn, state: TrainingState) -> float:

@@ -71,6 +71,29 @@ class LoadedModel:
         return input_device(self.model)
 
 
+class _Reached(Exception):
+    """Raised from a module's pre-hook: the forward pass got what it was run for."""
+
+
+@torch.no_grad()
+def input_of(model: nn.Module, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What `module` receives when `model` runs on `batch`; the layers above it are not run."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        captured.append(args[0])
+        raise _Reached
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        model(**batch, use_cache=False)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 def input_device(model: nn.Module) -> torch.device:
     """Where input ids go: the input embeddings' device (with a device map, the first of several)."""
     get_embeddings = getattr(model, "get_input_embeddings", None)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .batching import encode_left_padded
 from .chat import chat_inputs, conversation
-from .models import input_device
+from .models import input_device, input_of
 
 
 def background_prompts() -> list[str]:
@@ -73,10 +73,6 @@ def tophash(features: torch.Tensor, background: torch.Tensor, k: int, permutatio
     return masks
 
 
-class _Captured(Exception):
-    """Raised from a hook to stop the forward pass once the edit layer's input is captured."""
-
-
 @torch.no_grad()
 def prompt_features(
     model: nn.Module,
@@ -97,26 +93,13 @@ def prompt_features(
     as routing reads a chat question (chat.py).
     """
     captured: list[torch.Tensor] = []
-    current_mask: list[torch.Tensor] = []
-
-    def hook(_module, args):
-        captured.append(pool(args[0], current_mask[0], aggregation).cpu())
-        raise _Captured
-
-    handle = layer_module.register_forward_pre_hook(hook)
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            if chat:
-                batch = chat_inputs(tokenizer, [conversation(p, system) for p in chunk], input_device(model))
-                current_mask[:] = [batch.pop("routing_mask")]
-            else:
-                batch = encode_left_padded(tokenizer, chunk, input_device(model))
-                current_mask[:] = [batch["attention_mask"]]
-            try:
-                model(**batch, use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        if chat:
+            batch = chat_inputs(tokenizer, [conversation(p, system) for p in chunk], input_device(model))
+            mask = batch.pop("routing_mask")
+        else:
+            batch = encode_left_padded(tokenizer, chunk, input_device(model))
+            mask = batch["attention_mask"]
+        captured.append(pool(input_of(model, layer_module, batch), mask, aggregation).cpu())
     return torch.cat(captured)

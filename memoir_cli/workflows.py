@@ -63,6 +63,7 @@ class EditOptions:
     lr: float | None = None
     rehearse: int | None = None
     rehearse_overlap: float | None = None
+    protect: float | None = None
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
     extra_keys: bool | None = None  # a new pack: on (config.RoutingConfig.extra_keys); fixed from then on
     aggregation: Aggregation | str | None = None  # a new pack: mean_after_first (TopHashConfig); fixed
@@ -387,7 +388,7 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     if optimizer != training.optimizer:
         training.optimizer = optimizer
         training.lr = default_lr(pack.memory.bank.d_ff, optimizer)  # another optimiser's rate is no rate
-    for key in ("steps", "lr", "rehearse", "rehearse_overlap"):
+    for key in ("steps", "lr", "rehearse", "rehearse_overlap", "protect"):
         if getattr(options, key) is not None:
             setattr(training, key, getattr(options, key))
     chat = ChatMode(options.chat or ChatMode.auto)

@@ -217,3 +217,19 @@ def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path)
     assert list(tmp_path.iterdir()) == []
     result = run("pull", "not-a-repo-id")
     assert result.exit_code == 2 and "not a Hub repo id" in result.stderr
+
+
+def test_a_protected_packs_dropped_versions_replay_bit_identically(tmp_path, model_dir):
+    """Protection's matrix is summed from the active facts, never stored: a replay must rebuild
+    exactly what the run had grown (here one run, a version per fact)."""
+    pack = tmp_path / "pack"
+    facts = write_facts(tmp_path / "a.jsonl", FACTS)
+    ok("edit", facts, "--pack", pack, "--model", model_dir, "--steps", 3, "--protect", 1.0, "--checkpoint-every", 1)
+    assert load_pack(pack).manifest.training.protect == 1.0
+    made = [load_pack(f"{pack}@{number}") for number in (2, 3)]
+    ok("gc", pack, "--grace", 0, "--json")
+    with pytest.raises(Exception, match="not kept"):
+        load_pack(f"{pack}@2")
+    replayed = open_pack(f"{pack}@2", loader(model_dir))
+    assert torch.equal(replayed.memory.weight, made[0].memory.weight)
+    assert torch.equal(load_pack(f"{pack}@3").memory.weight, made[1].memory.weight)

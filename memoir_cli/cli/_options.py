@@ -186,6 +186,7 @@ RehearseOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingCo
 RehearseOverlapOpt = Annotated[
     float | None, typer.Option(min=0.0, max=1.0, help=help_for(TrainingConfig, "rehearse_overlap"))
 ]
+ProtectOpt = Annotated[float | None, typer.Option(min=0.0, help=help_for(TrainingConfig, "protect"))]
 EditChatOpt = Annotated[
     ChatMode,
     typer.Option(
@@ -260,6 +261,7 @@ takes_edit_settings = option_group(
         _keyword("lr", None, LrOpt),
         _keyword("rehearse", None, RehearseOpt),
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
+        _keyword("protect", None, ProtectOpt),
         _keyword("chat", ChatMode.auto, EditChatOpt),
         _keyword("extra_keys", None, ExtraKeysOpt),
         _keyword("aggregation", None, AggregationOpt),

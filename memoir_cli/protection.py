@@ -1,0 +1,79 @@
+"""Protecting every earlier edit while a new one is fitted: each optimiser step is damped along the
+directions in which earlier edits read the residual memory.
+
+Why: an earlier edit i answers from `W_m[:, m_i] x[m_i]` at the positions of its question. A new
+edit changes the columns C of its mask by D [d_out, |C|], which moves edit i's output there by
+`D (x ⊙ m_i)[C]`. Summed over the earlier edits and their positions, the squared movement is
+tr(D S[C, C] D^T) with
+
+    S = sum_i mean_p (x_ip ⊙ m_i)(x_ip ⊙ m_i)^T        [d_ff, d_ff]
+
+Rehearsal (editor.py) keeps the 8 nearest earlier edits' answers exactly; at T = 998 edits were
+still forgotten with age, a little by each of hundreds of later edits (docs/BENCHMARKS.md). With
+`training.protect` = lambda > 0, every step's change u of the trained columns becomes
+u (I + lambda S[C, C] / e)^-1, e the mean energy one edit reads with (trace(S) / edits): a direction
+that one edit reads with all its energy moves at 1 / (1 + lambda) of the pace, one that many edits
+read barely moves, one that none reads moves freely. Dividing by e makes lambda mean the same on
+any model, whatever the size of its activations; lambda -> infinity projects onto S's null space.
+A penalty lambda tr(D S D^T) in the loss asks for the same, but its stiffness made the clipped
+first-order steps oscillate: on a tiny model it barely moved earlier edits' outputs less.
+
+S depends only on the base model and the active facts (the edit layer's input does not depend on
+the memory), so it is not stored: it is summed from each fact's activations, one fact at a time and
+in bank order, so that a replayed version computes the very same matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .batching import pad_left
+from .models import input_of
+
+
+class Protection:
+    """S over a pack's active edits, grown as edits are added (see the module docstring)."""
+
+    def __init__(self, d_ff: int) -> None:
+        self.matrix = torch.zeros(d_ff, d_ff)  # [d_ff, d_ff], float32 on the CPU
+        self.edits = 0
+
+    def add(self, inputs: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+        """Add one edit: `inputs` the edit layer's inputs [seq, d_ff] of each of its rows, `mask` its
+        trained mask [d_ff] (bool)."""
+        x = torch.cat(list(inputs)).float() * mask.float()  # [positions, d_ff]
+        self.matrix += x.T @ x / x.shape[0]
+        self.edits += 1
+
+    def damping(self, columns: torch.Tensor, strength: float, device: torch.device) -> torch.Tensor:
+        """(I + strength S[C, C] / e)^-1 [|C|, |C|] for the trained `columns` C, on `device`: a
+        step's change u [d_out, |C|] becomes u @ damping."""
+        eye = torch.eye(len(columns), dtype=torch.float64)
+        if self.edits == 0:
+            return eye.float().to(device)
+        energy = self.matrix.trace().double() / self.edits  # e: what one edit reads with, on average
+        block = self.matrix[columns.cpu()][:, columns.cpu()].double() / energy  # [|C|, |C|]
+        return torch.linalg.inv(eye + strength * block).float().to(device)
+
+
+def damped_step(optimiser: torch.optim.Optimizer, weight: torch.Tensor, damping: torch.Tensor) -> None:
+    """One optimiser step whose change u of `weight` [d_out, |C|] becomes u @ `damping`."""
+    before = weight.detach().clone()
+    optimiser.step()
+    with torch.no_grad():
+        weight.copy_(before + (weight - before) @ damping)
+
+
+def layer_inputs(
+    model: nn.Module, layer: nn.Module, rows: Sequence[list[int]], device: torch.device
+) -> list[torch.Tensor]:
+    """The input of `layer` at every position but the last of each of one edit's rows (the
+    positions whose output predicts a token): [len(row) - 1, d_in] per row, on the CPU. The rows
+    go as one left-padded batch, which depends on this edit alone (replays compute the same)."""
+    batch = pad_left(list(rows), pad_id=0, device=device)
+    inputs = input_of(model, layer, batch).float().cpu()  # [rows, width, d_in]
+    width = inputs.shape[1]
+    return [inputs[i, width - len(ids) : width - 1] for i, ids in enumerate(rows)]
