@@ -26,7 +26,7 @@ from zsre import ZSRE
 from memoir_cli.chat import has_chat_template
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
-from memoir_cli.session import Session
+from memoir_cli.session import Session, generate
 from memoir_cli.workflows import EditOptions, edit_pack
 
 NEW_TOKENS, BATCH = 32, 16
@@ -38,6 +38,7 @@ def gemma_path() -> str:
     return str(assemble())
 
 
+SANITY_PROMPT = "The capital of France is"
 MODELS = {"smollm2": ("SmolLM2-135M-Instruct", lambda: "default"), "gemma": ("Gemma-3-270M", gemma_path)}
 
 
@@ -65,6 +66,9 @@ def check(name: str, spec: str, facts, work: Path, device: str, dtype: str) -> d
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loaded = load_model(spec, device=device, dtype=dtype)
+    # A model that loaded wrong edits badly anywhere: a Gemma GGUF on the GPU box wrote garbage (BENCHMARKS.md).
+    [sanity] = generate(loaded.model, loaded.tokenizer, [SANITY_PROMPT], max_new_tokens=8)
+    print(f"[gpu_check] {name} unedited: {SANITY_PROMPT!r} -> {sanity!r}", flush=True)
     started = time.perf_counter()
     summary = edit_pack(facts, work / name, loaded, EditOptions(device=device, dtype=dtype))
     edit_seconds = time.perf_counter() - started
@@ -77,6 +81,7 @@ def check(name: str, spec: str, facts, work: Path, device: str, dtype: str) -> d
     return {
         "model": name,
         "dtype": dtype,
+        "unedited_answer": {SANITY_PROMPT: sanity},
         "edits": len(summary.results),
         "seconds_per_edit": edit_seconds / max(1, len(summary.results)),
         "median_seconds_per_edit": statistics.median(r.seconds for r in summary.results),
