@@ -54,8 +54,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
         default = fields[key].default
         if isinstance(default, bool):
             overrides[key] = value.lower() in ("1", "true", "on", "yes")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            overrides[key] = type(default)(float(value)) if isinstance(default, int) else float(value)
+        elif isinstance(default, int):
+            overrides[key] = int(float(value))
+        elif isinstance(default, float):
+            overrides[key] = float(value)
         else:
             overrides[key] = value
     return name, overrides
