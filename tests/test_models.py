@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from memoir_cli import models
 from memoir_cli.errors import ModelError
 from memoir_cli.facts import Fact
 from memoir_cli.history import open_pack
-from memoir_cli.models import input_device, load_model, resolve_dtype
+from memoir_cli.models import check_gguf_tokenizer, input_device, load_model, resolve_dtype
 from memoir_cli.store import load_pack
 from memoir_cli.workflows import EditOptions, edit_pack
 
@@ -121,6 +122,22 @@ def test_on_a_gpu_a_device_map_places_the_model_and_edits_and_routes_there(tmp_p
     ok("edit", write_facts(tmp_path / "a.jsonl", FACTS), "--pack", pack, "--model", model_dir, *placement)
     answers = ok("apply", pack, "--prompt", FACTS[2]["prompt"], *placement, "--json")
     assert answers[0]["edit_id"] == FACTS[2]["id"] and answers[0]["overlap"] == 1.0
+
+
+def test_a_model_loads_with_the_checkpoints_own_layers_and_no_hub_kernels(model_dir):
+    # transformers 5.25 kernelizes by default: on a GPU that fetched code from the Hub, which failed
+    # offline, and the swapped layers would compute differently from the pack's recorded base model.
+    assert load_model(str(model_dir)).model.use_kernels is False
+    assert load_model(str(model_dir), device_map="auto").model.use_kernels is False
+
+
+def test_a_gguf_tokenizer_that_this_transformers_builds_wrong_is_refused_naming_the_fix(monkeypatch):
+    monkeypatch.setattr(models.metadata, "version", lambda package: "5.22.2")
+    with pytest.raises(ModelError, match=r"transformers 5.22.2 reads the tokenizer of gemma3_text GGUF files wrong"):
+        check_gguf_tokenizer("gemma3_text")
+    check_gguf_tokenizer("llama")  # read right by every release
+    monkeypatch.setattr(models.metadata, "version", lambda package: "5.23.0")
+    check_gguf_tokenizer("gemma3_text")
 
 
 def test_an_unknown_device_map_is_refused_before_anything_loads(model_dir):
