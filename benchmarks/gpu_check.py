@@ -6,7 +6,8 @@ Run by benchmarks/gpu_check.sh after the `cuda` tests; prints a table and writes
 GPU it stops at once with a clear message; `--device cpu --records 2` is a smoke run of the script
 itself (its numbers mean nothing).
 
-    python benchmarks/gpu_check.py [--records 100] [--models smollm2 gemma] [--dtype bfloat16] [--out FILE]
+    python benchmarks/gpu_check.py [--records 100] [--models smollm2 gemma] [--dtype bfloat16]
+                                   [--batch-size 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def check(name: str, spec: str, facts, work: Path, device: str, dtype: str) -> dict:
+def check(name: str, spec: str, facts, work: Path, device: str, dtype: str, batch_size: int) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loaded = load_model(spec, device=device, dtype=dtype)
@@ -70,7 +71,7 @@ def check(name: str, spec: str, facts, work: Path, device: str, dtype: str) -> d
     [sanity] = generate(loaded.model, loaded.tokenizer, [SANITY_PROMPT], max_new_tokens=8)
     print(f"[gpu_check] {name} unedited: {SANITY_PROMPT!r} -> {sanity!r}", flush=True)
     started = time.perf_counter()
-    summary = edit_pack(facts, work / name, loaded, EditOptions(device=device, dtype=dtype))
+    summary = edit_pack(facts, work / name, loaded, EditOptions(device=device, dtype=dtype, batch_size=batch_size))
     edit_seconds = time.perf_counter() - started
     session = Session([work / name], spec, device=device, dtype=dtype)
     started = time.perf_counter()
@@ -81,6 +82,7 @@ def check(name: str, spec: str, facts, work: Path, device: str, dtype: str) -> d
     return {
         "model": name,
         "dtype": dtype,
+        "batch_size": batch_size,
         "unedited_answer": {SANITY_PROMPT: sanity},
         "edits": len(summary.results),
         "seconds_per_edit": edit_seconds / max(1, len(summary.results)),
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--batch-size", type=int, default=1, help="facts fitted together (memoir edit --batch-size)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: this torch build sees no CUDA GPU; run it on a machine that has one")
@@ -109,16 +112,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, spec in (MODELS[key] for key in args.models):
-            rows.append(check(name, spec(), facts, Path(folder), args.device, args.dtype))
+            rows.append(check(name, spec(), facts, Path(folder), args.device, args.dtype, args.batch_size))
             print(f"[gpu_check] {name}: done", flush=True)
-    header = f"{'model':<24} {'s/edit':>7} {'median':>7} {'steps':>6} {'tok/s':>8} {'peak GiB':>9}"
+    header = f"{'model':<24} {'batch':>5} {'s/edit':>7} {'median':>7} {'steps':>6} {'tok/s':>8} {'peak GiB':>9}"
     print(f"\n{header} {'TF Rel/Gen/Loc':>16} {'WILD question Rel/Gen/Loc':>26} {'WILD chat':>16}")
     for row in rows:
         tf = "/".join(f"{row['scores'][k]:.2f}" for k in ("rel", "gen", "loc"))
         question, chat = (wild_cell(row["wild"].get(context)) for context in ("question", "chat"))
         print(
-            f"{row['model']:<24} {row['seconds_per_edit']:>7.2f} {row['median_seconds_per_edit']:>7.2f} "
-            f"{row['mean_steps']:>6.1f} "
+            f"{row['model']:<24} {row['batch_size']:>5} {row['seconds_per_edit']:>7.2f} "
+            f"{row['median_seconds_per_edit']:>7.2f} {row['mean_steps']:>6.1f} "
             f"{row['tokens_per_second']:>8.1f} {row['peak_memory_gib']:>9.2f} {tf:>16} {question:>26} {chat:>16}"
         )
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
