@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from _environment import environment
 
-from memoir_cli.batching import pad_left, prompt_target_ids
 from memoir_cli.config import TrainingConfig
 from memoir_cli.editor import editing
+from memoir_cli.evaluate import Probe, Scorer
 from memoir_cli.facts import Fact, read_zsre_json
 from memoir_cli.history import open_pack
 from memoir_cli.models import load_model
@@ -67,27 +66,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def target_scores(loaded, wrapper, facts: list[Fact], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per fact, teacher-forced on its bare question, routed as at inference: whether every target
     token is the argmax, and the mean target-token NLL."""
-    tokenizer, model = loaded.tokenizer, loaded.model
-    exact, nll = [], []
-    for start in range(0, len(facts), batch_size):
-        chunk = facts[start : start + batch_size]
-        encoded = [prompt_target_ids(tokenizer, f.prompt, f.target) for f in chunk]
-        batch = pad_left([ids for ids, _ in encoded], tokenizer.pad_token_id, loaded.model.device)
-        width = batch["input_ids"].shape[1]
-        prompt_mask = batch["attention_mask"].clone()
-        answer_starts = []
-        for row, (ids, n_context) in enumerate(encoded):
-            answer_start = width - len(ids) + max(n_context, 1)
-            prompt_mask[row, answer_start:] = 0
-            answer_starts.append(answer_start)
-        with wrapper.routing_from(prompt_mask):
-            logits = model(**batch, use_cache=False).logits.float()
-        for row, answer_start in enumerate(answer_starts):
-            predicted = logits[row, answer_start - 1 : width - 1]  # [answer, vocab]
-            expected = batch["input_ids"][row, answer_start:]
-            exact.append(bool((predicted.argmax(-1) == expected).all()))
-            nll.append(F.cross_entropy(predicted, expected).item())
-    return torch.tensor(exact), torch.tensor(nll)
+    scorer = Scorer(loaded.model, loaded.tokenizer, wrapper, batch_size=batch_size)
+    scored = scorer.teacher_forced([Probe(f.prompt, f.target) for f in facts])
+    return torch.tensor([s.predicted == s.expected for s in scored]), torch.tensor([s.nll for s in scored])
 
 
 def run_variant(loaded, pack_ref: str, overrides: dict, probes: list[Fact]) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import wild
@@ -54,8 +55,12 @@ class Probe:
 
 @dataclass
 class Scored:
+    """One probe's teacher-forced argmax per target token, the mean NLL of its target tokens (how far
+    from right a wrong answer is), and the edit it was routed to."""
+
     predicted: list[int]
     expected: list[int]
+    nll: float
     route: dict | None = None
 
 
@@ -112,7 +117,9 @@ class Scorer:
             ids = batch["input_ids"].cpu()
             for row, answer_start in enumerate(answer_starts):
                 predicted = argmax[row, answer_start - 1 : width - 1].tolist()
-                results.append(Scored(predicted, ids[row, answer_start:].tolist(), routes[row]))
+                expected = batch["input_ids"][row, answer_start:]
+                nll = F.cross_entropy(logits[row, answer_start - 1 : width - 1].float(), expected).item()
+                results.append(Scored(predicted, ids[row, answer_start:].tolist(), nll, routes[row]))
             self.on_batch(len(chunk))
         return results
 

@@ -1,7 +1,9 @@
 """The metric definitions, pinned on hand-built cases (a model whose predictions we choose)."""
 
+import math
 from contextlib import contextmanager
 
+import pytest
 import torch
 from torch import nn
 
@@ -101,6 +103,16 @@ def test_reliability_scores_teacher_forced_argmax_over_the_target_tokens_and_rou
     assert scored.predicted == [v["far"], v["town"], v["town"]]
     assert token_accuracy(scored.predicted, scored.expected) == 2 / 3
     assert wrapper.spans[0].tolist() == [[1, 1, 1, 0, 0, 0]]  # the target never steers routing
+
+
+def test_a_probe_carries_the_mean_nll_of_its_target_tokens():
+    vocab = _Vocab(["where", "is", "it", "far", "away", "town", "a", "b"])
+    v = vocab.ids
+    model = ScriptedLM(10, {v["it"]: v["far"], v["far"]: v["town"], v["away"]: v["town"]})
+    (scored,) = Scorer(model, vocab, ScriptedWrapper(model)).teacher_forced([Probe("where is it", "far away town")])
+    # One-hot logits over 10 tokens: a right token costs log(e + 9) - 1, a wrong one log(e + 9).
+    right, wrong = math.log(math.e + 9) - 1, math.log(math.e + 9)
+    assert scored.nll == pytest.approx((2 * right + wrong) / 3)
 
 
 def test_locality_is_agreement_with_the_unedited_model_when_the_edit_changes_one_token_of_three():
