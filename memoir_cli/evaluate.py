@@ -114,12 +114,11 @@ class Scorer:
                     logits = self.model(**batch, use_cache=False).logits
                 routes = [None] * len(chunk)
             argmax = logits.argmax(dim=-1).cpu()
-            ids = batch["input_ids"].cpu()
             for row, answer_start in enumerate(answer_starts):
                 predicted = argmax[row, answer_start - 1 : width - 1].tolist()
                 expected = batch["input_ids"][row, answer_start:]
                 nll = F.cross_entropy(logits[row, answer_start - 1 : width - 1].float(), expected).item()
-                results.append(Scored(predicted, ids[row, answer_start:].tolist(), nll, routes[row]))
+                results.append(Scored(predicted, expected.tolist(), nll, routes[row]))
             self.on_batch(len(chunk))
         return results
 
