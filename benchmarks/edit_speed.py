@@ -4,12 +4,14 @@
   every step (Editor fast=False), as the research code does;
 - replay, paper's optimiser: the same settings, the lower layers run once per fact and the upper
   blocks replayed each step (the defaults until Adam);
-- replay, Adam with every row padded together: Adam and the looser flatness stop (the defaults
-  until pad_by_form);
-- replay, new defaults: the same with bare and chat rows padded apart (TrainingConfig, "a new pack");
+- replay, the defaults before mixed precision: Adam at 0.05, bare and chat rows padded apart, every
+  pass in float32, no protection;
+- replay, new defaults (TrainingConfig, "a new pack" on this machine);
+- each `--variant name=field:value,...`: the new defaults with those training settings changed;
 - the new defaults fitting `--batch-size` facts per optimisation (editor.edit_batch), when asked.
 
-    python benchmarks/edit_speed.py --facts 10 [--batch-size 4] [--out benchmarks/results/edit_speed.json]
+    python benchmarks/edit_speed.py --facts 10 [--variant fp32=mixed_precision:no] [--batch-size 4] \
+        [--out benchmarks/results/edit_speed.json]
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 
 import torch
 from _environment import environment
+from _variants import parse_variant
 from zsre import ZSRE
 
-from memoir_cli.config import TrainingConfig, default_lr
+from memoir_cli.config import ADAM_LR, TrainingConfig, default_lr
 from memoir_cli.editor import editing
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=0, help="also the new defaults in batches of N")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--variant", action="append", default=[], help="name=field:value,... (repeatable)")
     parser.add_argument("--out", default="benchmarks/results/edit_speed.json")
     args = parser.parse_args()
 
@@ -76,9 +80,15 @@ def main() -> None:
     procedures = {
         "straightforward (paper's SGD, full model each step)": (paper, False, 1),
         "replay, paper's SGD (the old defaults)": (paper, True, 1),
-        "replay, Adam, looser stop, rows padded together": (dataclasses.replace(new, pad_by_form=False), True, 1),
-        "replay, new defaults (the same, rows padded by form)": (new, True, 1),
+        "replay, the defaults before mixed precision": (
+            dataclasses.replace(new, lr=ADAM_LR, mixed_precision="no", protect=0.0),
+            True,
+            1,
+        ),
+        "replay, new defaults": (new, True, 1),
     }
+    for name, overrides in map(parse_variant, args.variant):
+        procedures[f"replay, new defaults, {name}"] = (dataclasses.replace(new, **overrides), True, 1)
     if args.batch_size > 1:
         procedures[f"replay, new defaults, --batch-size {args.batch_size}"] = (new, True, args.batch_size)
     rows, weights = {}, {}

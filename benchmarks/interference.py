@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 from _environment import environment
+from _variants import parse_variant
 
-from memoir_cli.config import TrainingConfig
 from memoir_cli.editor import editing
 from memoir_cli.evaluate import Probe, Scorer
 from memoir_cli.facts import Fact, read_zsre_json
@@ -39,27 +39,6 @@ from memoir_cli.models import load_model
 from memoir_cli.workflows import model_spec_for
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """`name=field:value,field:value` (values typed as the TrainingConfig field's default)."""
-    name, _, body = text.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
-    overrides: dict = {}
-    for item in filter(None, body.split(",")):
-        key, _, value = item.partition(":")
-        if key not in fields:
-            raise SystemExit(f"variant {name!r}: no training setting {key!r}")
-        default = fields[key].default
-        if isinstance(default, bool):
-            overrides[key] = value.lower() in ("1", "true", "on", "yes")
-        elif isinstance(default, int):
-            overrides[key] = int(float(value))
-        elif isinstance(default, float):
-            overrides[key] = float(value)
-        else:
-            overrides[key] = value
-    return name, overrides
 
 
 @torch.no_grad()

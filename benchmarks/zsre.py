@@ -92,6 +92,7 @@ def _resume_options(method: str) -> EditOptions:
         lr=options.lr,
         rehearse_overlap=options.rehearse_overlap,
         protect=options.protect,
+        mixed_precision=options.mixed_precision,
         chat=options.chat,
     )
 
@@ -196,12 +197,17 @@ def main() -> None:
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
     parser.add_argument("--protect", type=float, help="damping along earlier edits' directions (default: the editor's)")
     parser.add_argument("--chat", choices=["auto", "on", "off"], help="train the chat form too (default: auto)")
+    parser.add_argument(
+        "--mixed-precision", choices=["auto", "no", "bf16"], help="training passes in bf16 (default: auto)"
+    )
     args = parser.parse_args()
     keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap", "protect")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     numeric = dict(SETTINGS)
     if args.chat:
         SETTINGS["chat"] = args.chat
+    if args.mixed_precision:
+        SETTINGS["mixed_precision"] = args.mixed_precision
     ranges = {
         "layer": (0, None),
         "top_k": (1, None),

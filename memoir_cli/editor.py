@@ -117,6 +117,12 @@ class Editor:
     def settings(self) -> TrainingConfig:
         return self.pack.manifest.training
 
+    def precision(self) -> torch.autocast:
+        """Where the training passes run in bfloat16 (`training.mixed_precision`): an autocast on the
+        edit layer's device, disabled for a pack that trains in the model's dtype."""
+        enabled = self.settings.mixed_precision == MixedPrecision.bf16
+        return torch.autocast(self.layer_device.type, dtype=torch.bfloat16, enabled=enabled)
+
     @property
     def layer_index(self) -> int:
         return self.pack.manifest.layer.index
@@ -354,7 +360,8 @@ class Editor:
         """The reference procedure: the whole model, forward and backward, at every step."""
 
         def loss() -> torch.Tensor:
-            logits = self.model(**batch, use_cache=False).logits
+            with self.precision():
+                logits = self.model(**batch, use_cache=False).logits
             return target_loss(logits, labels)
 
         return loss
@@ -375,7 +382,7 @@ class Editor:
 
         handles = [layers[i].register_forward_pre_hook(recorder(i), with_kwargs=True) for i in upper]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.precision():
                 self.model(**batch, use_cache=False)
         except _Recorded:
             pass
@@ -392,10 +399,11 @@ class Editor:
 
         def loss() -> torch.Tensor:
             hidden = hidden_in
-            for i in upper:
-                args, kwargs = calls[i]
-                hidden = _layer_output(layers[i](hidden, *args[1:], **_without_hidden(kwargs)))
-            logits = head(norm(hidden.to(head.weight.device))[rows, positions])
+            with self.precision():
+                for i in upper:
+                    args, kwargs = calls[i]
+                    hidden = _layer_output(layers[i](hidden, *args[1:], **_without_hidden(kwargs)))
+                logits = head(norm(hidden.to(head.weight.device))[rows, positions])
             if softcap is not None:
                 logits = torch.tanh(logits / softcap) * softcap
             per_token = F.cross_entropy(logits.float(), targets, reduction="none")
@@ -437,6 +445,15 @@ def edit_batches(masks: torch.Tensor, size: int, threshold: float, k: int) -> li
         else:
             batches.append([number])
     return batches
+
+
+class MixedPrecision(str, Enum):
+    """TrainingConfig.mixed_precision, and `memoir edit --mixed-precision` (auto: resolved for the
+    machine when a pack is made, models.native_bf16)."""
+
+    auto = "auto"
+    no = "no"
+    bf16 = "bf16"
 
 
 class Optimizer(str, Enum):

@@ -120,6 +120,17 @@ def resolve_dtype(dtype: str, device: torch.device, config: Any) -> str:
     return name if name in DTYPES else Dtype.float32.value
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware: a GPU that supports bf16, or a CPU
+    with AVX512-BF16 or AMX (elsewhere torch emulates bf16, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
 def cache_home() -> Path:
     """Where memoir keeps its own caches (`MEMOIR_HOME`, else `~/.cache/memoir`)."""
     return Path(os.environ.get("MEMOIR_HOME", Path.home() / ".cache" / "memoir"))

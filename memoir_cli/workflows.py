@@ -21,11 +21,11 @@ from .config import (
     default_top_k,
 )
 from .conflicts import Conflict, OnConflict, find_conflicts, resolve
-from .editor import Editor, EditResult, Optimizer, edit_batches, editing, generate_prefixes
+from .editor import Editor, EditResult, MixedPrecision, Optimizer, edit_batches, editing, generate_prefixes
 from .errors import BadInputError
 from .facts import Fact
 from .history import NewVersion, edit_record, replay_info, weight_change
-from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model
+from .models import DEFAULT_MODEL, DEFAULT_MODEL_ID, LoadedModel, find_edit_layer, load_model, native_bf16
 from .pack import Pack, new_pack
 from .store import (
     WriteOptions,
@@ -64,6 +64,7 @@ class EditOptions:
     rehearse: int | None = None
     rehearse_overlap: float | None = None
     protect: float | None = None
+    mixed_precision: MixedPrecision | str | None = None  # a new pack: auto (bf16 where the hardware has it)
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
     extra_keys: bool | None = None  # a new pack: on (config.RoutingConfig.extra_keys); fixed from then on
     aggregation: Aggregation | str | None = None  # a new pack: mean_after_first (TopHashConfig); fixed
@@ -234,7 +235,7 @@ class _EditRun:
                 options.device_map,
             )
         pack = self.existing or create_pack(loaded, options)
-        settings_changed = self.existing is not None and _update_settings(pack, options)  # create_pack applied them
+        settings_changed = self.existing is not None and _update_settings(pack, options, loaded)  # create_pack did
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)
         ops: list[list] = []  # the version record's operations (history.replay)
         done: list[Fact] = []
@@ -330,6 +331,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
             chat=has_chat_template(tokenizer),
             rehearse_chat=True,
             pad_by_form=True,
+            mixed_precision=_mixed_precision(options.mixed_precision or MixedPrecision.auto, loaded, layer.path),
         ),
         prefixes=generate_prefixes(model, tokenizer, seed),
         background=features.mean(dim=0),
@@ -337,7 +339,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         edit_dtype=loaded.dtype,
     )
     pack.manifest.memory_dtype = _memory_dtype(options, loaded.dtype) or MemoryDtype.float32.value
-    _update_settings(pack, options)
+    _update_settings(pack, options, loaded)
     return pack
 
 
@@ -349,6 +351,17 @@ def _calibrate(unrelated: UnrelatedPrompts, pack: Pack, variants: list[int]) -> 
     calibration = calibrate(unrelated.overlaps(), variants, pack.memory.k, RoutingConfig().threshold)
     routing.threshold, routing.calibration = calibration.threshold, calibration.to_json()
     return calibration
+
+
+def _mixed_precision(asked: MixedPrecision | str, loaded: LoadedModel, layer_path: str) -> str:
+    """The stored value of `--mixed-precision`: auto is bf16 for a float32 model whose edit layer sits
+    on a device that computes bf16 natively (models.native_bf16), else no."""
+    asked = MixedPrecision(asked)
+    if asked is not MixedPrecision.auto:
+        return asked.value
+    device = loaded.model.get_submodule(layer_path).weight.device
+    fits = loaded.dtype == "float32" and native_bf16(device)
+    return (MixedPrecision.bf16 if fits else MixedPrecision.no).value
 
 
 def _memory_dtype(options: EditOptions, model_dtype: str | None) -> str | None:
@@ -375,7 +388,7 @@ def _check_fixed_settings(pack: Pack, options: EditOptions) -> None:
             raise BadInputError(f"{pack.path}: this pack was made with {name} {stored}; it cannot change to {asked}")
 
 
-def _update_settings(pack: Pack, options: EditOptions) -> bool:
+def _update_settings(pack: Pack, options: EditOptions, loaded: LoadedModel) -> bool:
     """Apply the settings a pack may change (routing threshold, training); True if any changed."""
     before = (dataclasses.astuple(pack.manifest.routing), dataclasses.astuple(pack.manifest.training))
     if options.threshold == AUTO:
@@ -391,6 +404,8 @@ def _update_settings(pack: Pack, options: EditOptions) -> bool:
     for key in ("steps", "lr", "rehearse", "rehearse_overlap", "protect"):
         if getattr(options, key) is not None:
             setattr(training, key, getattr(options, key))
+    if options.mixed_precision is not None:
+        training.mixed_precision = _mixed_precision(options.mixed_precision, loaded, pack.manifest.layer.path)
     chat = ChatMode(options.chat or ChatMode.auto)
     if chat is not ChatMode.auto:  # auto keeps what the pack was made with
         training.chat = chat is ChatMode.on

@@ -1,8 +1,10 @@
 """The command line on tiny models: exit codes, one-line errors, JSON output, packs left intact."""
 
 import json
+from unittest.mock import patch
 
 import pytest
+import torch
 import typer
 
 from memoir_cli.cli import app
@@ -161,6 +163,27 @@ def test_a_new_pack_fits_with_adam_and_another_optimiser_brings_its_own_learning
     before = tree(pack_dir)
     result = run("edit", facts_file, "--pack", pack_dir, "--optimizer", "rmsprop")
     assert result.exit_code == 2 and "--optimizer" in result.stderr and tree(pack_dir) == before
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_new_pack_trains_in_bf16_only_where_the_hardware_multiplies_it(tmp_path, facts_file, model_dir, native):
+    pack = tmp_path / "pack"
+
+    def mixed_precision() -> str:
+        return json.loads((pack / "manifest.json").read_text())["training"]["mixed_precision"]
+
+    with patch("memoir_cli.workflows.native_bf16", return_value=native) as asked:
+        assert run("edit", facts_file, "--pack", pack, "--model", model_dir, "--steps", 1).exit_code == 0
+    assert asked.call_args.args == (torch.device("cpu"),) and mixed_precision() == ("bf16" if native else "no")
+    other = "no" if native else "bf16"
+    assert run("edit", facts_file, "--pack", pack, "--mixed-precision", other).exit_code == 0
+    assert mixed_precision() == other
+    diff = json.loads(run("diff", f"{pack}@1", f"{pack}@2", "--json").stdout)
+    assert {"setting": "mixed_precision", "a": "bf16" if native else "no", "b": other} in diff["settings"]
+    low = tmp_path / "low"  # a model already in bf16 gains nothing
+    with patch("memoir_cli.workflows.native_bf16", return_value=True):
+        assert run("edit", facts_file, "--pack", low, "--model", model_dir, "--dtype", "bfloat16").exit_code == 0
+    assert json.loads((low / "manifest.json").read_text())["training"]["mixed_precision"] == "no"
 
 
 def test_a_float32_pack_applies_to_the_same_model_loaded_in_bfloat16(pack_dir):

@@ -6,15 +6,15 @@ import torch
 from memoir_cli.config import TrainingConfig
 from memoir_cli.editor import Editor, make_optimiser, target_loss
 from memoir_cli.facts import Fact
-from memoir_cli.memory import TrainingState, attach
+from memoir_cli.memory import TrainingState, attach, detach
 
 from .conftest import FACTS, tiny_model
 from .helpers import empty_pack
 
 
-def _editor(model, tokenizer, fast=True, steps=5, **options):
+def _editor(model, tokenizer, fast=True, steps=5, mixed_precision="no", **options):
     pack = empty_pack(model, tokenizer, **options)
-    pack.manifest.training = TrainingConfig(steps=steps)
+    pack.manifest.training = TrainingConfig(steps=steps, mixed_precision=mixed_precision)
     editor = Editor(model, tokenizer, attach(model, pack), pack, fast=fast)
     return editor, pack
 
@@ -38,6 +38,45 @@ def test_fast_replay_gives_the_same_loss_and_gradient_as_the_full_model(architec
     (fast_loss, fast_grad), (full_loss, full_grad) = grads
     assert abs(fast_loss - full_loss) < 1e-5
     assert torch.allclose(fast_grad, full_grad, atol=1e-6)
+
+
+def test_in_bf16_the_replay_still_follows_the_full_model_and_trains_in_float32(model, tokenizer):
+    editor, _ = _editor(model, tokenizer, mixed_precision="bf16")
+    fact = Fact.from_json(FACTS[2])
+    [group] = editor.training_batch([fact])
+    columns = editor.mask_for(fact.prompt).nonzero().squeeze(1)
+    results = []
+    for loss_fn in (editor._replay_loss(group.batch, group.labels), editor._full_loss(group.batch, group.labels)):
+        weight = torch.randn(64, len(columns), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        with editor.wrapper.fitting(TrainingState(columns, weight)):
+            loss = loss_fn()
+            loss.backward()
+        assert loss.dtype == weight.grad.dtype == torch.float32
+        results.append((loss.item(), weight.grad.flatten()))
+    with editor.wrapper.fitting(TrainingState(columns, weight)), torch.no_grad():
+        float32_loss = target_loss(model(**group.batch).logits, group.labels).item()
+    (fast_loss, fast_grad), (full_loss, full_grad) = results
+    assert abs(fast_loss - full_loss) < 1e-2 * full_loss
+    assert torch.nn.functional.cosine_similarity(fast_grad, full_grad, dim=0) > 0.99
+    assert fast_loss != float32_loss and abs(fast_loss - float32_loss) < 0.05 * float32_loss  # bf16, and close
+
+
+def test_a_bf16_edit_fits_its_fact_the_same_way_twice_and_leaves_unrouted_logits_alone(model, tokenizer):
+    unrelated = tokenizer("zz qq", return_tensors="pt")
+    before = model(**unrelated).logits
+    memories = []
+    for _ in range(2):
+        editor, pack = _editor(model, tokenizer, steps=30, mixed_precision="bf16")
+        fact = Fact.from_json(FACTS[0])
+        [group] = editor.training_batch([fact])
+        result = editor.edit(fact)
+        assert result.loss < 0.9 * _unedited_loss(model, group.batch, group.labels, editor)
+        assert pack.memory.weight.dtype == torch.float32
+        memories.append(pack.memory.weight.clone())
+        with editor.wrapper.bypassed():
+            assert torch.equal(model(**unrelated).logits, before)  # the autocast ends with the edit
+        detach(model)
+    assert torch.equal(*memories)  # a replayed version computes the same memory
 
 
 def test_training_batch_labels_only_the_target_tokens(model, tokenizer):

@@ -17,7 +17,7 @@ import typer
 from ..chat import ChatMode
 from ..config import LayerConfig, Manifest, RoutingConfig, TopHashConfig, TrainingConfig, help_for
 from ..conflicts import OnConflict
-from ..editor import Optimizer
+from ..editor import MixedPrecision, Optimizer
 from ..facts import FactsFormat
 from ..models import Dtype
 from ..refs import local_ref
@@ -187,6 +187,12 @@ RehearseOverlapOpt = Annotated[
     float | None, typer.Option(min=0.0, max=1.0, help=help_for(TrainingConfig, "rehearse_overlap"))
 ]
 ProtectOpt = Annotated[float | None, typer.Option(min=0.0, help=help_for(TrainingConfig, "protect"))]
+MixedPrecisionOpt = Annotated[
+    MixedPrecision | None,
+    typer.Option(
+        help=f"{help_for(TrainingConfig, 'mixed_precision')} auto: bf16 for a float32 model on such hardware."
+    ),
+]
 EditChatOpt = Annotated[
     ChatMode,
     typer.Option(
@@ -262,6 +268,7 @@ takes_edit_settings = option_group(
         _keyword("rehearse", None, RehearseOpt),
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
         _keyword("protect", None, ProtectOpt),
+        _keyword("mixed_precision", None, MixedPrecisionOpt),
         _keyword("chat", ChatMode.auto, EditChatOpt),
         _keyword("extra_keys", None, ExtraKeysOpt),
         _keyword("aggregation", None, AggregationOpt),
