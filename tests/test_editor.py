@@ -55,6 +55,12 @@ def test_in_bf16_the_replay_still_follows_the_full_model_and_trains_in_float32(m
         results.append((loss.item(), weight.grad.flatten()))
     with editor.wrapper.fitting(TrainingState(columns, weight)), torch.no_grad():
         float32_loss = target_loss(model(**group.batch).logits, group.labels).item()
+    editor.bf16_weights = lambda module: {}  # autocast casting the weights at every step instead
+    weight.grad = None
+    with editor.wrapper.fitting(TrainingState(columns, weight)):
+        loss = editor._replay_loss(group.batch, group.labels)()
+        loss.backward()
+    assert loss.item() == results[0][0] and torch.equal(weight.grad.flatten(), results[0][1])  # the same bits
     (fast_loss, fast_grad), (full_loss, full_grad) = results
     assert abs(fast_loss - full_loss) < 1e-2 * full_loss
     assert torch.nn.functional.cosine_similarity(fast_grad, full_grad, dim=0) > 0.99
