@@ -43,6 +43,7 @@ NARROW_LR = 16.0
 ADAM_LR = 0.05
 ADAM_EPS = 1e-3
 ADAM_STOP_DELTA = 0.01  # Adam crosses the stop loss within a few steps, then creeps down by ~1e-3 a step
+PROTECT = 1.0  # a new pack's protection strength: half the earlier answers broken per edit, no loss at T = 100
 
 
 def default_lr(d_ff: int, optimizer: str = "sgd") -> float:
@@ -106,7 +107,7 @@ class TrainingConfig:
     protect: float = setting(
         0.0,
         "How strongly a new edit's steps are damped along the directions in which earlier active edits read "
-        "the memory (protection.py; 0 = off: only the rehearsed edits are kept).",
+        f"the memory (protection.py; 0 = off: only the rehearsed edits are kept; a new pack: {PROTECT:g}).",
     )
     pad_by_form: bool = setting(
         False,

@@ -17,7 +17,9 @@ Why it is fast: nothing below the edit layer depends on the memory, so one no-gr
 the hidden state entering the edit layer's block and the arguments each upper block receives;
 every optimisation step then replays only the blocks from the edit layer up (`fast=True`).
 `fast=False` is the straightforward procedure (the full model forward and backward at every step),
-kept as the reference the benchmark and tests compare against.
+kept as the reference the benchmark and tests compare against. A pack with `training.mixed_precision`
+bf16 runs both under a bfloat16 autocast, which halves the multiplications' cost where the hardware
+has bf16 (docs/BENCHMARKS.md, "Faster edits: bf16 training passes").
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from .chat import ChatMode, has_chat_template
 from .config import (
     ADAM_STOP_DELTA,
     DEFAULT_CHECKPOINT_EVERY,
+    PROTECT,
     RoutingConfig,
     TopHashConfig,
     TrainingConfig,
@@ -331,6 +332,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
             chat=has_chat_template(tokenizer),
             rehearse_chat=True,
             pad_by_form=True,
+            protect=PROTECT,
             mixed_precision=_mixed_precision(options.mixed_precision or MixedPrecision.auto, loaded, layer.path),
         ),
         prefixes=generate_prefixes(model, tokenizer, seed),

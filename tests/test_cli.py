@@ -8,7 +8,7 @@ import torch
 import typer
 
 from memoir_cli.cli import app
-from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR
+from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR, PROTECT
 
 from .conftest import FACTS
 from .helpers import run, tree
@@ -156,6 +156,7 @@ def test_a_new_pack_fits_with_adam_and_another_optimiser_brings_its_own_learning
 
     made = training()
     assert (made["optimizer"], made["lr"], made["stop_delta"]) == ("adam", ADAM_LR, ADAM_STOP_DELTA)
+    assert made["protect"] == PROTECT
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "sgd", "--json").exit_code == 0
     assert (training()["optimizer"], training()["lr"]) == ("sgd", NARROW_LR)  # the tiny model's d_ff is narrow
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "adam", "--lr", 0.2, "--json").exit_code == 0
