@@ -117,7 +117,7 @@ class TrainingConfig:
     mixed_precision: str = setting(
         "no",
         "bf16: run each edit's training passes in bfloat16 (autocast; the memory, its optimiser and the loss "
-        "stay float32), about 1.4x faster on a CPU with native bf16; no: the model's dtype. Routing and answers "
+        "stay float32), about 1.5x faster on a CPU with native bf16; no: the model's dtype. Routing and answers "
         "never change dtype (a new pack: bf16 where the edit device computes it natively: docs/BENCHMARKS.md).",
     )
 
