@@ -67,7 +67,7 @@ def test_in_bf16_the_replay_still_follows_the_full_model_and_trains_in_float32(m
     assert fast_loss != float32_loss and abs(fast_loss - float32_loss) < 0.05 * float32_loss  # bf16, and close
 
 
-def test_a_bf16_edit_fits_its_fact_the_same_way_twice_and_leaves_unrouted_logits_alone(model, tokenizer):
+def test_a_bf16_edit_fits_its_fact_the_same_way_twice_and_leaves_the_base_model_in_float32(model, tokenizer):
     unrelated = tokenizer("zz qq", return_tensors="pt")
     before = model(**unrelated).logits
     memories = []
