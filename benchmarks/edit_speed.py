@@ -4,8 +4,8 @@
   every step (Editor fast=False), as the research code does;
 - replay, paper's optimiser: the same settings, the lower layers run once per fact and the upper
   blocks replayed each step (the defaults until Adam);
-- replay, the defaults before mixed precision: Adam at 0.05, bare and chat rows padded apart, every
-  pass in float32, no protection;
+- replay, the defaults before mixed precision: the new defaults with every pass in float32 and no
+  protection;
 - replay, new defaults (TrainingConfig, "a new pack" on this machine);
 - each `--variant name=field:value,...`: the new defaults with those training settings changed;
 - the new defaults fitting `--batch-size` facts per optimisation (editor.edit_batch), when asked.
@@ -29,7 +29,7 @@ from _environment import environment
 from _variants import parse_variant
 from zsre import ZSRE
 
-from memoir_cli.config import ADAM_LR, TrainingConfig, default_lr
+from memoir_cli.config import TrainingConfig, default_lr
 from memoir_cli.editor import editing
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
@@ -81,7 +81,7 @@ def main() -> None:
         "straightforward (paper's SGD, full model each step)": (paper, False, 1),
         "replay, paper's SGD (the old defaults)": (paper, True, 1),
         "replay, the defaults before mixed precision": (
-            dataclasses.replace(new, lr=ADAM_LR, mixed_precision="no", protect=0.0),
+            dataclasses.replace(new, mixed_precision="no", protect=0.0),
             True,
             1,
         ),
