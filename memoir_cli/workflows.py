@@ -201,15 +201,39 @@ def edit_pack(
     start = time.perf_counter()
     pack_path = Path(pack_path)
     refuse_foreign_folder(pack_path)
+    seen = _committed(pack_path, options)  # as a reader sees it: no lock
+    if dry_run:
+        return EditSummary(str(pack_path), seen is None, plan_edits(facts, seen), dry_run=True)
+    # The model loads, and a new pack is made, before anything is written: a model that does not
+    # load or a layer it lacks leaves no trace (not even a lock file).
+    loaded = _loaded(model_spec, seen, options)
+    fresh = create_pack(loaded, options) if seen is None else None
     with pack_lock(pack_path, write):
-        existing = load_pack(pack_path) if is_committed(pack_path) else None
-        if existing is not None:
-            _check_fixed_settings(existing, options)
+        existing = _committed(pack_path, options)  # another writer may have committed meanwhile
+        if existing is not None and seen is None and model_spec is None and existing.base_model_id != loaded.model_id:
+            loaded = _loaded(None, existing, options)  # it was made for its own model
         plan = plan_edits(facts, existing)
-        if dry_run:
-            return EditSummary(str(pack_path), existing is None, plan, dry_run=True)
         run = _EditRun(plan, existing, pack_path, options, write.message, checkpoint_every, snapshot_every)
-        return run.execute(model_spec, on_start, on_step, on_fact, start)
+        pack = existing or fresh or create_pack(loaded, options)
+        return run.execute(loaded, pack, on_start, on_step, on_fact, start)
+
+
+def _committed(pack_path: Path, options: EditOptions) -> Pack | None:
+    """The pack at `pack_path` if one is committed there, checked against the settings it cannot change."""
+    if not is_committed(pack_path):
+        return None
+    pack = load_pack(pack_path)
+    _check_fixed_settings(pack, options)
+    return pack
+
+
+def _loaded(model_spec: str | LoadedModel | None, pack: Pack | None, options: EditOptions) -> LoadedModel:
+    """The model to edit with: the one given (a script editing many times in one process loads it
+    once), or the one named, or the pack's own, or the default."""
+    if isinstance(model_spec, LoadedModel):
+        return model_spec
+    spec = model_spec or (model_spec_for(pack) if pack is not None else None)
+    return load_model(spec, options.device, options.dtype, options.device_map)
 
 
 @dataclass
@@ -224,18 +248,8 @@ class _EditRun:
     checkpoint_every: int
     snapshot_every: int | None
 
-    def execute(self, model_spec, on_start, on_step, on_fact, start) -> EditSummary:
+    def execute(self, loaded: LoadedModel, pack: Pack, on_start, on_step, on_fact, start) -> EditSummary:
         plan, options = self.plan, self.options
-        if isinstance(model_spec, LoadedModel):  # a script editing many times in one process loads once
-            loaded = model_spec
-        else:
-            loaded = load_model(
-                model_spec or (model_spec_for(self.existing) if self.existing else None),
-                options.device,
-                options.dtype,
-                options.device_map,
-            )
-        pack = self.existing or create_pack(loaded, options)
         settings_changed = self.existing is not None and _update_settings(pack, options, loaded)  # create_pack did
         summary = EditSummary(str(self.pack_path), self.existing is None, plan)
         ops: list[list] = []  # the version record's operations (history.replay)

@@ -252,6 +252,19 @@ def test_a_layer_out_of_range_names_the_flag_that_sets_it(tmp_path, facts_file, 
     assert not (tmp_path / "pack").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "code"),
+    [(["--layer", 99], 4), (["--top-k", 10**6], 2), (["--device", "cuda:7"], 4)],
+    ids=["layer out of range", "k out of range", "missing device"],
+)
+def test_a_first_edit_that_fails_before_training_leaves_no_trace(tmp_path, facts_file, model_dir, flags, code):
+    """Not the pack, not its parent folder, not a lock file: nothing was written."""
+    pack = tmp_path / "packs" / "team" / "p"
+    result = run("edit", facts_file, "--pack", pack, "--model", model_dir, *flags)
+    assert result.exit_code == code, result.output
+    assert not (tmp_path / "packs").exists()
+
+
 def test_every_option_a_library_error_names_is_a_flag_of_the_cli():
     """error_line renders option `x_y` as `--x-y`: each must be a parameter whose flag is that."""
     import re

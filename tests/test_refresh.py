@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 from filelock import FileLock
@@ -84,10 +85,14 @@ def test_a_second_writer_waits_for_the_first_and_says_so(pack_dir, facts_file):
 
     thread = threading.Thread(target=second_writer)
     thread.start()
-    assert not done.wait(1.0)  # blocked on the lock
+    deadline = time.monotonic() + 60
+    while not messages and time.monotonic() < deadline:  # it loads the model, then finds the lock taken
+        time.sleep(0.05)
+    assert messages and "waiting for it to finish" in messages[0]
+    assert not done.wait(0.5)  # blocked on the lock
     lock.release()
     thread.join(60)
-    assert done.is_set() and "waiting for it to finish" in messages[0]
+    assert done.is_set()
 
 
 def test_revert_deactivates_edits_by_id_or_prompt_and_routing_skips_them(pack_dir):
