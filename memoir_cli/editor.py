@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -42,7 +43,7 @@ from .facts import Fact
 from .memory import MemoirLinear, TrainingState, attach, detach, mask_overlaps
 from .models import LoadedModel, decoder_layers, final_norm, input_device
 from .pack import Pack
-from .protection import Protection, damped_step, layer_inputs
+from .protection import Protection, damped_step, edit_signature, inputs_digest, layer_inputs
 from .tophash import prompt_features
 
 if TYPE_CHECKING:
@@ -87,18 +88,21 @@ def generate_prefixes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 
 @contextmanager
-def editing(loaded: LoadedModel, pack: Pack, fast: bool = True) -> Iterator[Editor]:
+def editing(
+    loaded: LoadedModel, pack: Pack, fast: bool = True, protection_cache: Path | None = None
+) -> Iterator[Editor]:
     """An Editor for `pack` on the loaded model, with the pack attached while it is used."""
     wrapper = attach(loaded.model, pack)
     try:
-        yield Editor(loaded.model, loaded.tokenizer, wrapper, pack, fast)
+        yield Editor(loaded.model, loaded.tokenizer, wrapper, pack, fast, protection_cache)
     finally:
         detach(loaded.model)
 
 
 class Editor:
     """Writes facts into a pack (its memory, its bank and its facts, one per bank row) through the
-    wrapped edit layer, with the pack's own training settings."""
+    wrapped edit layer, with the pack's own training settings. With a `protection_cache` file it
+    starts from the protection matrix an earlier run left there, where that still holds."""
 
     def __init__(
         self,
@@ -107,12 +111,14 @@ class Editor:
         wrapper: MemoirLinear,
         pack: Pack,
         fast: bool = True,
+        protection_cache: Path | None = None,
     ) -> None:
         self.model, self.tokenizer, self.wrapper, self.pack = model, tokenizer, wrapper, pack
         self.memory, self.facts = pack.memory, pack.facts
         self.fast = fast
         self.device = input_device(model)  # where the batch goes
         self.layer_device = wrapper.base.weight.device  # where the memory trains (a device map may differ)
+        self.protection_cache = protection_cache
         self._protection: Protection | None = None
         self._protected: list[int] = []  # the bank rows in self._protection, in bank order
         self._bf16: dict[nn.Module, dict[str, torch.Tensor]] = {}  # bf16_weights, per replayed module
@@ -335,24 +341,50 @@ class Editor:
 
     def protection(self) -> Protection | None:
         """The interference matrix over the active edits (protection.py), or None when the pack does
-        not protect. Built on first use from every active edit in bank order, rebuilt the same way
-        when an edit was deactivated since, so that a replay computes the same matrix."""
+        not protect. Built on first use from every active edit in bank order (or from the cache),
+        rebuilt the same way when an edit was deactivated since, so that a replay computes the same
+        matrix."""
         if self.settings.protect <= 0:
             return None
         active = self.memory.bank.active.nonzero().squeeze(1).tolist()
         if self._protection is None or active[: len(self._protected)] != self._protected:
-            self._protection, self._protected = Protection(self.memory.bank.d_ff), []
+            self._protection, self._protected = self._cached_protection(active)
         for row in active[len(self._protected) :]:
             self._protect(row)
         return self._protection
 
+    def save_protection(self) -> None:
+        """Leave the matrix in the protection cache for the pack's next run (protection.py)."""
+        if self.protection_cache is not None and self._protection is not None and self._protected:
+            self._protection.save(self.protection_cache)
+
+    def _cached_protection(self, active: list[int]) -> tuple[Protection, list[int]]:
+        """The cached matrix and the bank rows it sums, if it summed the first of the `active` rows
+        and the last of those still has the inputs it had then; else an empty matrix."""
+        empty: tuple[Protection, list[int]] = (Protection(self.memory.bank.d_ff), [])
+        if self.protection_cache is None or not active:
+            return empty
+        cached = Protection.load(self.protection_cache, [self._signature(row) for row in active])
+        if cached is None or len(cached.matrix) != self.memory.bank.d_ff:
+            return empty
+        if inputs_digest(self._protection_inputs(active[cached.edits - 1])) != cached.probe:
+            return empty
+        return cached, active[: cached.edits]
+
     def _protect(self, row: int) -> None:
         """Add bank row `row`'s edit to the matrix: its rehearsal rows' inputs under its mask."""
         assert self._protection is not None
-        ids = [r.ids for r in self._rehearsal_rows(self.facts[row])]
-        inputs = layer_inputs(self.model, self.wrapper, ids, self.device)
-        self._protection.add(inputs, self.memory.bank.rows([row])[0])
+        inputs = self._protection_inputs(row)
+        self._protection.add_edit(inputs, self.memory.bank.rows([row])[0], self._signature(row))
         self._protected.append(row)
+
+    def _protection_inputs(self, row: int) -> list[torch.Tensor]:
+        ids = [r.ids for r in self._rehearsal_rows(self.facts[row])]
+        return layer_inputs(self.model, self.wrapper, ids, self.device)
+
+    def _signature(self, row: int) -> bytes:
+        fact = self.facts[row]
+        return edit_signature(fact.id, fact.prompt, fact.target, self.memory.bank.rows([row])[0])
 
     @torch.no_grad()
     def _final_loss(self, loss_fn, state: TrainingState) -> float:

@@ -19,15 +19,25 @@ A penalty lambda tr(D S D^T) in the loss asks for the same, but its stiffness ma
 first-order steps oscillate: on a tiny model it barely moved earlier edits' outputs less.
 
 S depends only on the base model and the active facts (the edit layer's input does not depend on
-the memory), so it is not stored: it is summed from each fact's activations, one fact at a time and
-in bank order, so that a replayed version computes the very same matrix.
+the memory), so it is no part of a version: it is summed from each fact's activations, one fact at a
+time and in bank order, so that a replayed version computes the very same matrix. Summing it costs
+one forward pass per active edit, which at T = 1000 took longer than the run's own edits; so an edit
+run leaves S in the pack's cache folder (`save`), and the next run starts from it (`load`) when the
+cache summed the first of today's active edits, in order, and this model still gives the last of
+them the very same inputs. Anything else (an edit deactivated since, another model, a damaged
+file) and S is summed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .batching import pad_left
@@ -40,6 +50,14 @@ class Protection:
     def __init__(self, d_ff: int) -> None:
         self.matrix = torch.zeros(d_ff, d_ff)  # [d_ff, d_ff], float32 on the CPU
         self.edits = 0
+        self.rows = hashlib.sha256()  # the signatures of the edits summed, in order (edit_signature)
+        self.probe = ""  # inputs_digest of the last edit summed
+
+    def add_edit(self, inputs: Sequence[torch.Tensor], mask: torch.Tensor, signature: bytes) -> None:
+        """`add`, and remember which edit it was and the inputs it had, for the cache (see `save`)."""
+        self.add(inputs, mask)
+        self.rows.update(signature)
+        self.probe = inputs_digest(inputs)
 
     def add(self, inputs: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
         """Add one edit: `inputs` the edit layer's inputs [seq, d_ff] of each of its rows, `mask` its
@@ -57,6 +75,55 @@ class Protection:
         energy = self.matrix.trace().double() / self.edits  # e: what one edit reads with, on average
         block = self.matrix[columns.cpu()][:, columns.cpu()].double() / energy  # [|C|, |C|]
         return torch.linalg.inv(eye + strength * block).float().to(device)
+
+    def save(self, path: Path) -> None:
+        """Write S and what it was summed from, atomically (a reader sees the old file or the new)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        metadata = {"edits": str(self.edits), "rows": self.rows.hexdigest(), "probe": self.probe}
+        save_file({"matrix": self.matrix.contiguous()}, str(partial), metadata=metadata)
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: Path, signatures: Sequence[bytes]) -> Protection | None:
+        """S from `path` if it summed exactly the first of these edits' `signatures`, in order;
+        None if it did not, or the file is missing or damaged. The caller checks the probe."""
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                metadata = file.metadata() or {}
+                matrix = file.get_tensor("matrix")
+            edits = int(metadata["edits"])
+        except (OSError, SafetensorError, KeyError, ValueError):
+            return None
+        d_ff = len(matrix)
+        if not 0 < edits <= len(signatures) or matrix.shape != (d_ff, d_ff) or matrix.dtype != torch.float32:
+            return None
+        protection = cls(d_ff)
+        for signature in signatures[:edits]:
+            protection.rows.update(signature)
+        if protection.rows.hexdigest() != metadata.get("rows"):
+            return None
+        protection.matrix, protection.edits, protection.probe = matrix, edits, metadata.get("probe", "")
+        return protection
+
+
+def edit_signature(fact_id: str, prompt: str, target: str, mask: torch.Tensor) -> bytes:
+    """What makes one edit's share of S, the model aside: its fact and its mask."""
+    digest = hashlib.sha256()
+    for text in (fact_id, prompt, target):
+        digest.update(text.encode() + b"\0")
+    digest.update(mask.to(torch.bool).cpu().numpy().tobytes())
+    return digest.digest()
+
+
+def inputs_digest(inputs: Sequence[torch.Tensor]) -> str:
+    """The exact bits of one edit's inputs to the edit layer: equal only if the model, its dtype,
+    the tokenizer and the device computed them the same way."""
+    digest = hashlib.sha256()
+    for tensor in inputs:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def damped_step(optimiser: torch.optim.Optimizer, weight: torch.Tensor, damping: torch.Tensor) -> None:

@@ -4,6 +4,8 @@
     PACK/versions/000007.json    one record per version: its manifest, what changed, how to replay it
     PACK/objects/<sha256>        the data files (safetensors, JSONL), named by their content
     PACK/README.md               model card of the current version
+    PACK/cache/                  what a run computed and the next may reuse (protection.py); no
+                                 part of any version: deleting it costs time, never an edit
 
 A commit writes the new objects, then the version record, then swaps `manifest.json` (each by
 write, fsync, rename). A crash before the swap leaves the previous version current; its leftovers
@@ -51,7 +53,7 @@ from .pack import (
 )
 from .refs import PackRef, local_ref
 
-VERSIONS, OBJECTS = "versions", "objects"
+VERSIONS, OBJECTS, CACHE = "versions", "objects", "cache"
 DEFAULT_GRACE_SECONDS = 3600.0  # what a commit's own gc leaves of unneeded files younger than this
 
 
@@ -367,11 +369,16 @@ def _is_flat(path: Path, manifest: Manifest) -> bool:
     return manifest.format_version == 1 or not (path / OBJECTS).is_dir()
 
 
+def protection_cache(path: Path) -> Path:
+    """The protection matrix an edit run leaves for the next one (protection.py)."""
+    return path / CACHE / "protection.safetensors"
+
+
 def refuse_foreign_folder(path: Path) -> None:
     """Never write into a folder that is not a pack (an interrupted first commit is fine)."""
     if not path.exists() or is_committed(path):
         return
-    ours = {VERSIONS, OBJECTS}
+    ours = {VERSIONS, OBJECTS, CACHE}
     if not path.is_dir() or any(p.name not in ours and not p.name.startswith(".staging-") for p in path.iterdir()):
         raise PackError(f"{path} exists and is not a memoir pack; refusing to overwrite it")
 

@@ -35,6 +35,7 @@ from .store import (
     load_pack,
     pack_lock,
     pause_point,
+    protection_cache,
     refuse_foreign_folder,
     writing,
 )
@@ -255,7 +256,7 @@ class _EditRun:
         ops: list[list] = []  # the version record's operations (history.replay)
         done: list[Fact] = []
         before = pack.memory.weight.clone()
-        with editing(loaded, pack) as editor:
+        with editing(loaded, pack, protection_cache=protection_cache(self.pack_path)) as editor:
             masks = editor.masks_for([fact.prompt for fact in plan.add])
             plan.conflicts = find_conflicts(pack.memory, pack.facts, plan.add, masks, plan.replaces)
             policy = OnConflict(options.on_conflict)
@@ -292,6 +293,7 @@ class _EditRun:
                 summary.calibration = _calibrate(unrelated, pack, variants)
         if last_version:
             summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
+        editor.save_protection()  # once committed: the cache is only ever of edits a version holds
         summary.seconds = time.perf_counter() - start
         return summary
 

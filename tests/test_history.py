@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memoir_cli.history import open_pack
-from memoir_cli.store import load_pack, read_record
+from memoir_cli.store import load_pack, protection_cache, read_record
 
 from .conftest import FACTS
 from .helpers import loader, ok, run, tree, write_facts
@@ -220,16 +220,21 @@ def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path)
 
 
 def test_a_protected_packs_dropped_versions_replay_bit_identically(tmp_path, model_dir):
-    """Protection's matrix is summed from the active facts, never stored: a replay must rebuild
-    exactly what the run had grown (here one run, a version per fact)."""
+    """Protection's matrix is summed from the active facts and is no part of a version: a replay
+    must rebuild exactly what the runs had, the first grown fact by fact, the second started from
+    the matrix the first left in the pack's cache."""
     pack = tmp_path / "pack"
-    facts = write_facts(tmp_path / "a.jsonl", FACTS)
-    ok("edit", facts, "--pack", pack, "--model", model_dir, "--steps", 3, "--protect", 1.0, "--checkpoint-every", 1)
-    assert load_pack(pack).manifest.training.protect == 1.0
-    made = [load_pack(f"{pack}@{number}") for number in (2, 3)]
+    first = write_facts(tmp_path / "a.jsonl", FACTS[:2])
+    ok("edit", first, "--pack", pack, "--model", model_dir, "--steps", 3, "--protect", 1.0, "--checkpoint-every", 1)
+    assert load_pack(pack).manifest.training.protect == 1.0 and protection_cache(pack).is_file()
+    ok("edit", write_facts(tmp_path / "b.jsonl", FACTS[2:]), "--pack", pack, "--steps", 3)
+    later = {"id": "f-later", "prompt": "The oldest bridge in Zorbia crosses the", "target": "river Quill"}
+    ok("edit", write_facts(tmp_path / "c.jsonl", [later]), "--pack", pack, "--steps", 3)
+    made = [load_pack(f"{pack}@{number}") for number in (2, 3, 4)]
     ok("gc", pack, "--grace", 0, "--json")
-    with pytest.raises(Exception, match="not kept"):
-        load_pack(f"{pack}@2")
-    replayed = open_pack(f"{pack}@2", loader(model_dir))
-    assert torch.equal(replayed.memory.weight, made[0].memory.weight)
-    assert torch.equal(load_pack(f"{pack}@3").memory.weight, made[1].memory.weight)
+    for number in (2, 3):
+        with pytest.raises(Exception, match="not kept"):
+            load_pack(f"{pack}@{number}")
+    for number, version in zip((2, 3), made):
+        assert torch.equal(open_pack(f"{pack}@{number}", loader(model_dir)).memory.weight, version.memory.weight)
+    assert torch.equal(load_pack(f"{pack}@4").memory.weight, made[2].memory.weight)

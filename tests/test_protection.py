@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from memoir_cli.config import TrainingConfig
@@ -114,3 +115,85 @@ def test_the_protect_setting_is_stored_and_absent_means_off():
     assert TrainingConfig().protect == 0.0
     document = dataclasses.asdict(TrainingConfig(protect=0.5))
     assert TrainingConfig(**document).protect == 0.5
+
+
+def _run(model, tokenizer, pack, cache, facts: list[Fact]) -> Editor:
+    """One edit run on `pack` that leaves its matrix in `cache`, as `memoir edit` does."""
+    editor = Editor(model, tokenizer, attach(model, pack), pack, protection_cache=cache)
+    for fact in facts:
+        editor.edit(fact)
+    editor.save_protection()
+    detach(model)
+    return editor
+
+
+def _summed_again(model, tokenizer, pack) -> torch.Tensor:
+    editor = Editor(model, tokenizer, attach(model, pack), pack)
+    try:
+        protection = editor.protection()
+        assert protection is not None
+        return protection.matrix
+    finally:
+        detach(model)
+
+
+def _counting_inputs(monkeypatch) -> list[int]:
+    """Count the forward passes that sum protection (one per edit, or one to check the cache)."""
+    import memoir_cli.editor as editor_module
+
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return layer_inputs(*args, **kwargs)
+
+    monkeypatch.setattr(editor_module, "layer_inputs", counted)
+    return calls
+
+
+def test_a_later_run_starts_from_the_matrix_the_last_one_cached_and_sums_only_its_check(
+    model, tokenizer, tmp_path, monkeypatch
+):
+    pack = _editor(model, tokenizer, 1.0).pack
+    detach(model)
+    cache = tmp_path / "cache" / "protection.safetensors"
+    _run(model, tokenizer, pack, cache, [Fact.from_json(f) for f in FACTS[:2]])
+    assert cache.is_file()
+    calls = _counting_inputs(monkeypatch)
+    editor = Editor(model, tokenizer, attach(model, pack), pack, protection_cache=cache)
+    cached = editor.protection()
+    detach(model)
+    assert len(calls) == 1  # the check of the last cached edit's inputs, not one pass per edit
+    assert cached is not None and cached.edits == 2
+    assert torch.equal(cached.matrix, _summed_again(model, tokenizer, pack))
+
+
+def _deactivate_the_first(model, pack, cache) -> None:
+    pack.memory.deactivate(FACTS[0]["id"])
+
+
+def _change_the_model(model, pack, cache) -> None:
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(1.01)  # below the edit layer: every input moves
+
+
+def _damage_the_file(model, pack, cache) -> None:
+    cache.write_bytes(b"not a safetensors file")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "changes_the_sum"), [(_deactivate_the_first, True), (_change_the_model, True), (_damage_the_file, False)]
+)
+def test_a_cache_that_no_longer_holds_is_summed_again(model, tokenizer, tmp_path, spoil, changes_the_sum):
+    pack = _editor(model, tokenizer, 1.0).pack
+    detach(model)
+    cache = tmp_path / "protection.safetensors"
+    _run(model, tokenizer, pack, cache, [Fact.from_json(f) for f in FACTS[:2]])
+    stale = _summed_again(model, tokenizer, pack)
+    spoil(model, pack, cache)
+    editor = Editor(model, tokenizer, attach(model, pack), pack, protection_cache=cache)
+    protection = editor.protection()
+    detach(model)
+    expected = _summed_again(model, tokenizer, pack)
+    assert protection is not None and torch.equal(protection.matrix, expected)
+    assert torch.equal(expected, stale) is not changes_the_sum  # so the stale cache was not used
