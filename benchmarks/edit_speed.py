@@ -1,4 +1,5 @@
-"""Seconds per edit on SmolLM2-135M, in one run, on the same facts, each from the same empty pack:
+"""Seconds per edit on SmolLM2-135M, in one run, on the same facts, each from the same pack (an
+empty one, or a copy of `--start`, whose edits are rehearsed and protected as a grown pack's are):
 
 - straightforward: the paper's settings (SGD, 30 steps), the whole model forward and backward at
   every step (Editor fast=False), as the research code does;
@@ -11,7 +12,10 @@
 - the new defaults fitting `--batch-size` facts per optimisation (editor.edit_batch), when asked.
 
     python benchmarks/edit_speed.py --facts 10 [--variant fp32=mixed_precision:no] [--batch-size 4] \
-        [--out benchmarks/results/edit_speed.json]
+        [--start PACK] [--out benchmarks/results/edit_speed.json]
+
+From `--start`, the timed facts are the ZsRE records after the pack's own, and the protection
+matrix over its edits is summed before the clock starts (a run finds it in the pack's cache).
 """
 
 from __future__ import annotations
@@ -33,17 +37,19 @@ from memoir_cli.config import TrainingConfig, default_lr
 from memoir_cli.editor import editing
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
-from memoir_cli.workflows import EditOptions, create_pack
+from memoir_cli.store import load_pack
+from memoir_cli.workflows import EditOptions, create_pack, model_spec_for
 
 
-def run(loaded, empty, facts, training: TrainingConfig, fast: bool, batch_size: int = 1) -> tuple[dict, torch.Tensor]:
-    """Edit `facts` into a copy of `empty` with `training`: seconds per edit and what the fits
-    reached, and the memory's weight."""
-    pack = copy.deepcopy(empty)
+def run(loaded, base, facts, training: TrainingConfig, fast: bool, batch_size: int = 1) -> tuple[dict, torch.Tensor]:
+    """Edit `facts` into a copy of the pack `base` with `training`: seconds per edit and what the
+    fits reached, and the memory's weight."""
+    pack = copy.deepcopy(base)
     pack.manifest.training = training
     results = []
-    started = time.perf_counter()
     with editing(loaded, pack, fast=fast) as editor:
+        editor.protection()
+        started = time.perf_counter()
         for start in range(0, len(facts), batch_size):
             results += editor.edit_batch(facts[start : start + batch_size])
     wall = time.perf_counter() - started
@@ -64,12 +70,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="also the new defaults in batches of N")
     parser.add_argument("--model", default=None)
     parser.add_argument("--variant", action="append", default=[], help="name=field:value,... (repeatable)")
+    parser.add_argument("--start", type=Path, help="time the edits after this pack's (default: from an empty pack)")
     parser.add_argument("--out", default="benchmarks/results/edit_speed.json")
     args = parser.parse_args()
 
-    loaded = load_model(args.model)
-    facts = read_zsre_json(ZSRE, on_skip=lambda problem: None)[: args.facts]
+    loaded = load_model(args.model or (model_spec_for(load_pack(args.start)) if args.start else None))
     empty = create_pack(loaded, EditOptions())
+    start = load_pack(args.start) if args.start else empty
+    records = read_zsre_json(ZSRE, on_skip=lambda problem: None)
+    if [f.id for f in start.facts] != [r.id for r in records[: len(start.facts)]]:
+        raise SystemExit(f"{args.start}: its facts are not the first ZsRE records, in order")
+    facts = records[len(start.facts) : len(start.facts) + args.facts]
     new = empty.manifest.training
     paper = TrainingConfig(
         lr=default_lr(empty.memory.bank.d_ff),
@@ -93,7 +104,7 @@ def main() -> None:
         procedures[f"replay, new defaults, --batch-size {args.batch_size}"] = (new, True, args.batch_size)
     rows, weights = {}, {}
     for name, (training, fast, batch_size) in procedures.items():
-        rows[name], weights[name] = run(loaded, empty, facts, training, fast, batch_size)
+        rows[name], weights[name] = run(loaded, start, facts, training, fast, batch_size)
         print(f"  {name}: {rows[name]['seconds_per_edit']:.2f} s/edit", flush=True)
     reference = rows["straightforward (paper's SGD, full model each step)"]["seconds_per_edit"]
     print(f"\n{'procedure':58} {'s/edit':>7} {'median':>7} {'speed-up':>8} {'steps':>6} {'stopped':>7} {'loss':>7}")
@@ -112,6 +123,7 @@ def main() -> None:
         **environment(),
         "model": loaded.model_id,
         "facts": len(facts),
+        "start": {"pack": str(args.start), "edits": len(start.facts)} if args.start else None,
         "paper_lr": paper.lr,
         "new_defaults": vars(new),
         "layer": empty.manifest.layer.path,
