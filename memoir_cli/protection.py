@@ -21,11 +21,11 @@ first-order steps oscillate: on a tiny model it barely moved earlier edits' outp
 S depends only on the base model and the active facts (the edit layer's input does not depend on
 the memory), so it is no part of a version: it is summed from each fact's activations, one fact at a
 time and in bank order, so that a replayed version computes the very same matrix. Summing it costs
-one forward pass per active edit, which at T = 1000 took longer than the run's own edits; so an edit
-run leaves S in the pack's cache folder (`save`), and the next run starts from it (`load`) when the
-cache summed the first of today's active edits, in order, and this model still gives the last of
-them the very same inputs. Anything else (an edit deactivated since, another model, a damaged
-file) and S is summed again.
+one forward pass per active edit, about 3 minutes at T = 1000 on SmolLM2 with 2 CPU threads, as
+long as 25 edits take (docs/BENCHMARKS.md). So an edit run leaves S in the pack's cache folder
+(`save`), and the next run starts from it (`load`) when the cache summed the first of today's
+active edits, in order, and this model still gives the last of them the very same inputs. Anything
+else (an edit deactivated since, another model, a damaged file) and S is summed again.
 """
 
 from __future__ import annotations

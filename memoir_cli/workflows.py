@@ -215,7 +215,10 @@ def edit_pack(
             loaded = _loaded(None, existing, options)  # it was made for its own model
         plan = plan_edits(facts, existing)
         run = _EditRun(plan, existing, pack_path, options, write.message, checkpoint_every, snapshot_every)
-        pack = existing or fresh or create_pack(loaded, options)
+        if existing is not None:
+            pack = existing
+        else:
+            pack = fresh if fresh is not None else create_pack(loaded, options)  # it was deleted meanwhile
         return run.execute(loaded, pack, on_start, on_step, on_fact, start)
 
 
