@@ -31,6 +31,7 @@ from .pack import Pack, new_pack
 from .store import (
     WriteOptions,
     commit,
+    head_version,
     is_committed,
     load_pack,
     pack_lock,
@@ -210,7 +211,10 @@ def edit_pack(
     loaded = _loaded(model_spec, seen, options)
     fresh = create_pack(loaded, options) if seen is None else None
     with pack_lock(pack_path, write):
-        existing = _committed(pack_path, options)  # another writer may have committed meanwhile
+        unchanged = (
+            seen is not None and is_committed(pack_path) and head_version(pack_path) == (seen.manifest.version or 1)
+        )
+        existing = seen if unchanged else _committed(pack_path, options)  # another writer may have committed
         if existing is not None and seen is None and model_spec is None and existing.base_model_id != loaded.model_id:
             loaded = _loaded(None, existing, options)  # it was made for its own model
         plan = plan_edits(facts, existing)
