@@ -91,6 +91,7 @@ def _resume_options(method: str) -> EditOptions:
         steps=options.steps,
         lr=options.lr,
         rehearse_overlap=options.rehearse_overlap,
+        rehearse_chat=options.rehearse_chat,
         protect=options.protect,
         mixed_precision=options.mixed_precision,
         chat=options.chat,
@@ -196,6 +197,11 @@ def main() -> None:
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
     parser.add_argument("--protect", type=float, help="damping along earlier edits' directions (default: the editor's)")
+    parser.add_argument(
+        "--rehearse-chat",
+        action=argparse.BooleanOptionalAction,
+        help="rehearse earlier edits' chat questions too (default: the editor's)",
+    )
     parser.add_argument("--chat", choices=["auto", "on", "off"], help="train the chat form too (default: auto)")
     parser.add_argument(
         "--mixed-precision", choices=["auto", "no", "bf16"], help="training passes in bf16 (default: auto)"
@@ -208,6 +214,8 @@ def main() -> None:
         SETTINGS["chat"] = args.chat
     if args.mixed_precision:
         SETTINGS["mixed_precision"] = args.mixed_precision
+    if args.rehearse_chat is not None:
+        SETTINGS["rehearse_chat"] = args.rehearse_chat
     ranges = {
         "layer": (0, None),
         "top_k": (1, None),

@@ -66,6 +66,7 @@ class EditOptions:
     lr: float | None = None
     rehearse: int | None = None
     rehearse_overlap: float | None = None
+    rehearse_chat: bool | None = None  # a new chat pack: on (config.TrainingConfig.rehearse_chat)
     protect: float | None = None
     mixed_precision: MixedPrecision | str | None = None  # a new pack: auto (bf16 where the hardware has it)
     chat: ChatMode | str | None = None  # auto: a new pack trains the chat form when the tokenizer has a template
@@ -426,7 +427,7 @@ def _update_settings(pack: Pack, options: EditOptions, loaded: LoadedModel) -> b
     if optimizer != training.optimizer:
         training.optimizer = optimizer
         training.lr = default_lr(pack.memory.bank.d_ff, optimizer)  # another optimiser's rate is no rate
-    for key in ("steps", "lr", "rehearse", "rehearse_overlap", "protect"):
+    for key in ("steps", "lr", "rehearse", "rehearse_overlap", "rehearse_chat", "protect"):
         if getattr(options, key) is not None:
             setattr(training, key, getattr(options, key))
     if options.mixed_precision is not None:

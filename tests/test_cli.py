@@ -166,6 +166,19 @@ def test_a_new_pack_fits_with_adam_and_another_optimiser_brings_its_own_learning
     assert result.exit_code == 2 and "--optimizer" in result.stderr and tree(pack_dir) == before
 
 
+def test_rehearsing_earlier_chat_questions_is_a_setting_a_run_may_change(pack_dir, facts_file):
+    def rehearse_chat() -> bool:
+        return json.loads((pack_dir / "manifest.json").read_text())["training"]["rehearse_chat"]
+
+    assert rehearse_chat() is True  # the tiny tokenizer has a chat template: a new chat pack rehearses both forms
+    assert run("edit", facts_file, "--pack", pack_dir, "--no-rehearse-chat", "--json").exit_code == 0
+    assert rehearse_chat() is False
+    assert run("edit", facts_file, "--pack", pack_dir, "--json").exit_code == 0  # not given: the pack keeps it
+    assert rehearse_chat() is False
+    diff = json.loads(run("diff", f"{pack_dir}@1", f"{pack_dir}@2", "--json").stdout)
+    assert {"setting": "rehearse_chat", "a": True, "b": False} in diff["settings"]
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_new_pack_trains_in_bf16_only_where_the_hardware_multiplies_it(tmp_path, facts_file, model_dir, native):
     pack = tmp_path / "pack"

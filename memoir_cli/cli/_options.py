@@ -186,6 +186,10 @@ RehearseOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingCo
 RehearseOverlapOpt = Annotated[
     float | None, typer.Option(min=0.0, max=1.0, help=help_for(TrainingConfig, "rehearse_overlap"))
 ]
+RehearseChatOpt = Annotated[
+    bool | None,
+    typer.Option("--rehearse-chat/--no-rehearse-chat", help=help_for(TrainingConfig, "rehearse_chat")),
+]
 ProtectOpt = Annotated[float | None, typer.Option(min=0.0, help=help_for(TrainingConfig, "protect"))]
 MixedPrecisionOpt = Annotated[
     MixedPrecision | None,
@@ -267,6 +271,7 @@ takes_edit_settings = option_group(
         _keyword("lr", None, LrOpt),
         _keyword("rehearse", None, RehearseOpt),
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
+        _keyword("rehearse_chat", None, RehearseChatOpt),
         _keyword("protect", None, ProtectOpt),
         _keyword("mixed_precision", None, MixedPrecisionOpt),
         _keyword("chat", ChatMode.auto, EditChatOpt),
