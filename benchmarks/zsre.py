@@ -68,9 +68,7 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
         while len(seconds) < size:
             batch = facts[len(seconds) : min(size, len(seconds) + chunk)]
             loaded = loaded or load_model(model_spec_for(load_pack(pack)) if pack.exists() else None)
-            summary = edit_pack(
-                batch, pack, loaded, method_options(method) if not pack.exists() else _resume_options(method)
-            )
+            summary = edit_pack(batch, pack, loaded, method_options(method))  # a resumed pack checks its fixed ones
             if summary.plan.skipped:  # a previous run committed these facts but not their timings
                 seconds.extend([float("nan")] * len(summary.plan.skipped))
             seconds.extend(r.seconds for r in summary.results)
@@ -80,22 +78,6 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
         if not snapshot.exists():
             shutil.copytree(pack, snapshot)
     return seconds
-
-
-def _resume_options(method: str) -> EditOptions:
-    """An existing pack keeps its own layer, k and seed; only routing/training settings may be passed."""
-    options = method_options(method)
-    return EditOptions(
-        threshold=options.threshold,
-        rehearse=options.rehearse,
-        steps=options.steps,
-        lr=options.lr,
-        rehearse_overlap=options.rehearse_overlap,
-        rehearse_chat=options.rehearse_chat,
-        protect=options.protect,
-        mixed_precision=options.mixed_precision,
-        chat=options.chat,
-    )
 
 
 def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:

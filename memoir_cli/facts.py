@@ -70,12 +70,13 @@ def fact_id(prompt: str, target: str) -> str:
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """A JSON schema shipped in `schemas/`: the package `memoir_cli.schemas` once installed, else the
-    checkout's own folder, so that a source tree run from PYTHONPATH (a GPU box without pip) works."""
-    try:
-        folder: Any = resources.files("memoir_cli.schemas")
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / "schemas"
+    """A JSON schema shipped in `schemas/`. In a source checkout (pyproject.toml beside the package)
+    that is the checkout's own folder, even when another checkout is pip-installed in editable mode
+    and a worktree is run from PYTHONPATH; once installed from a wheel, the package `memoir_cli.schemas`."""
+    checkout = Path(__file__).resolve().parent.parent
+    folder: Any = checkout / "schemas"
+    if not (checkout / "pyproject.toml").is_file() or not folder.joinpath(name).is_file():
+        folder = resources.files("memoir_cli.schemas")
     return json.loads(folder.joinpath(name).read_text(encoding="utf-8"))
 
 

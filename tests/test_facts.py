@@ -1,4 +1,8 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -116,17 +120,23 @@ def test_every_schema_ships_inside_the_package_and_equals_the_top_level_file():
         assert load_schema(name) == json.loads((top_level / name).read_text())
 
 
-def test_a_checkout_run_without_installing_reads_the_schemas_from_its_own_folder(monkeypatch):
-    def not_installed(package):
-        raise ModuleNotFoundError(f"No module named {package!r}")
-
-    load_schema.cache_clear()
-    monkeypatch.setattr(resources, "files", not_installed)
-    try:
-        top_level = Path(__file__).resolve().parent.parent / "schemas"
-        assert load_schema("fact.schema.json") == json.loads((top_level / "fact.schema.json").read_text())
-    finally:
-        load_schema.cache_clear()
+@pytest.mark.parametrize("layout", ["checkout", "wheel"])
+def test_the_imported_copy_of_memoir_reads_its_own_schemas(tmp_path, layout):
+    """A worktree run from PYTHONPATH beside an editable install of another checkout must validate
+    against its own schemas, and a wheel (no pyproject.toml) against the ones inside the package."""
+    here = Path(__file__).resolve().parent.parent
+    other = tmp_path / layout
+    shutil.copytree(here / "memoir_cli", other / "memoir_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    schemas = other / "schemas" if layout == "checkout" else other / "memoir_cli" / "schemas"
+    shutil.copytree(here / "schemas", schemas, ignore=shutil.ignore_patterns("__pycache__"))
+    if layout == "checkout":
+        shutil.copy(here / "pyproject.toml", other)
+    schema = json.loads((schemas / "fact.schema.json").read_text())
+    (schemas / "fact.schema.json").write_text(json.dumps(dict(schema, title=f"memoir fact ({layout})")))
+    read = "from memoir_cli.facts import load_schema; print(load_schema('fact.schema.json')['title'])"
+    env = dict(os.environ, PYTHONPATH=str(other))
+    shown = subprocess.run([sys.executable, "-c", read], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert shown.stdout.strip() == f"memoir fact ({layout})", shown.stderr
 
 
 def test_each_missing_or_unknown_field_of_a_record_is_named_once(tmp_path):
