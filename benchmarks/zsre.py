@@ -142,13 +142,26 @@ def contested_records(facts) -> list[bool]:
 
 
 def _gen_split(facts, per_record: list[dict]) -> dict:
-    """Share of contested records, and Gen over the agreed and the contested records: teacher-forced
-    (gen_agreed, gen_contested) and WILD in each context (question_gen_agreed, chat_gen_contested, ...)."""
+    """Share of contested records; Gen over the agreed and the contested records, teacher-forced
+    (gen_agreed, gen_contested) and WILD in each context (question_gen_agreed, chat_gen_contested,
+    ...); and where their rephrasings are routed: to the record's own edit (own_agreed,
+    own_contested), and to an edit about the same subject (same_subject, all records). A contested
+    rephrasing that reaches a sibling's edit is routed as well as its words allow."""
     contested = contested_records(facts)
+    subject = {fact.id: fact.subject for fact in facts}
 
-    def mean(flag: bool, score) -> float | None:
-        scores = [score(r) for c, r in zip(contested, per_record) if c == flag and score(r) is not None]
+    def mean(flag: bool | None, score) -> float | None:
+        scores = [score(r) for c, r in zip(contested, per_record) if flag in (None, c) and score(r) is not None]
         return sum(scores) / len(scores) if scores else None
+
+    def routed(record: dict, same_subject: bool) -> float | None:
+        """The share of the record's rephrasings routed to its own edit, or to one on its subject."""
+        routes = [route["edit_id"] for route in record.get("gen_routes") or []]
+        if same_subject:
+            hits = [subject.get(edit) == subject[record["id"]] for edit in routes]
+        else:
+            hits = [edit == record["id"] for edit in routes]
+        return sum(hits) / len(hits) if hits else None
 
     split = {"contested_share": sum(contested) / len(contested)}
     for prefix, score in [("", lambda r: r["gen"])] + [
@@ -156,6 +169,8 @@ def _gen_split(facts, per_record: list[dict]) -> dict:
         for context in ("question", "chat")
     ]:
         split[f"{prefix}gen_agreed"], split[f"{prefix}gen_contested"] = mean(False, score), mean(True, score)
+    split["own_agreed"], split["own_contested"] = (mean(flag, lambda r: routed(r, False)) for flag in (False, True))
+    split["same_subject"] = mean(None, lambda r: routed(r, True))
     return split
 
 
@@ -248,6 +263,7 @@ def main() -> None:
         "WILD chat": ("chat_rel", "chat_gen", "chat_loc", "chat_repetition"),
         "contested": ("gen_agreed", "gen_contested", "contested_share"),
         "WILD GenA / GenC": ("question_gen_agreed", "question_gen_contested", "chat_gen_agreed", "chat_gen_contested"),
+        "rephrase ->": ("own_agreed", "own_contested", "same_subject"),
     }
     names = {
         "avg": "Avg",
@@ -258,6 +274,9 @@ def main() -> None:
         "question_gen_contested": "qC",
         "chat_gen_agreed": "cA",
         "chat_gen_contested": "cC",
+        "own_agreed": "ownA",
+        "own_contested": "ownC",
+        "same_subject": "subj",
     }
     header = " | ".join(f"{title:^{6 * len(keys) - 1}}" for title, keys in groups.items())
     print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6}")
