@@ -73,7 +73,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="also the new defaults in batches of N")
     parser.add_argument("--model", default=None)
     parser.add_argument("--variant", action="append", default=[], help="name=field:value,... (repeatable)")
-    parser.add_argument("--start", type=Path, help="time the edits after this pack's (default: from an empty pack)")
+    parser.add_argument(
+        "--start", help="time the edits after this pack's, PACK@N for a version (default: from an empty pack)"
+    )
     parser.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
@@ -91,6 +93,8 @@ def main() -> None:
     if [f.id for f in start.facts] != [r.id for r in records[: len(start.facts)]]:
         raise SystemExit(f"{args.start}: its facts are not the first ZsRE records, in order")
     facts = records[len(start.facts) : len(start.facts) + args.facts]
+    if not facts:
+        raise SystemExit(f"{args.start}: it holds all {len(records)} usable ZsRE records; none is left to time")
     new = empty.manifest.training
     paper = TrainingConfig(
         lr=default_lr(empty.memory.bank.d_ff),
