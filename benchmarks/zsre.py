@@ -12,7 +12,9 @@ tokens cut at the first ".", newline or EOS, normalised) for the bare question a
 asked through the chat template, each with its repetition rate (the target twice or more in an
 answer); the share of questions asked with a system prompt after two earlier turns that reach the
 edit the bare question reaches ("same route"); then the share of records whose subject has another target among the
-first T ("contested"), and Gen over the agreed (GenA) and the contested (GenC) records.
+first T ("contested"), and Gen over the agreed (GenA) and the contested (GenC) records; and how
+hard the edits were to fit: seconds per edit, optimiser steps per edit and the share of edits that
+met the stop rule before the last step.
 
 One sequential run to the largest T passes through the smaller ones; the pack is copied at each T
 and the copies are scored. Editing commits every --chunk facts and a rerun skips the facts already
@@ -55,29 +57,47 @@ def method_options(method: str) -> EditOptions:
     raise SystemExit(f"unknown method {method!r}")
 
 
-def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> list[float]:
-    """Edit facts[:max(sizes)] into work/method/pack, snapshotting at each size; returns seconds per edit.
+def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> list[dict]:
+    """Edit facts[:max(sizes)] into work/method/pack, snapshotting at each size; returns each edit's
+    seconds, steps and whether it met the stop rule (None where a previous run committed it unrecorded).
     The model is loaded once, not once per chunk (a GGUF file is dequantised at every load)."""
     folder = work / method
     folder.mkdir(parents=True, exist_ok=True)
-    progress_file = folder / "seconds.json"
-    seconds: list[float] = json.loads(progress_file.read_text()) if progress_file.exists() else []
+    progress_file, older_file = folder / "edits.json", folder / "seconds.json"  # seconds.json: before steps
+    edits: list[dict] = []
+    if progress_file.exists():
+        edits = json.loads(progress_file.read_text())
+    elif older_file.exists():
+        edits = [{"seconds": s, "steps": None, "converged": None} for s in json.loads(older_file.read_text())]
     pack = folder / "pack"
     loaded = None
     for size in sorted(sizes):
-        while len(seconds) < size:
-            batch = facts[len(seconds) : min(size, len(seconds) + chunk)]
+        while len(edits) < size:
+            batch = facts[len(edits) : min(size, len(edits) + chunk)]
             loaded = loaded or load_model(model_spec_for(load_pack(pack)) if pack.exists() else None)
             summary = edit_pack(batch, pack, loaded, method_options(method))  # a resumed pack checks its fixed ones
-            if summary.plan.skipped:  # a previous run committed these facts but not their timings
-                seconds.extend([float("nan")] * len(summary.plan.skipped))
-            seconds.extend(r.seconds for r in summary.results)
-            progress_file.write_text(json.dumps(seconds))
-            print(f"[{method}] {len(seconds)}/{max(sizes)} edits, last chunk {summary.seconds:.0f} s", flush=True)
+            if summary.plan.skipped:  # a previous run committed these facts but not their records
+                edits.extend({"seconds": float("nan"), "steps": None, "converged": None} for _ in summary.plan.skipped)
+            edits.extend({"seconds": r.seconds, "steps": r.steps, "converged": r.converged} for r in summary.results)
+            progress_file.write_text(json.dumps(edits))
+            print(f"[{method}] {len(edits)}/{max(sizes)} edits, last chunk {summary.seconds:.0f} s", flush=True)
         snapshot = folder / f"T{size}"
         if not snapshot.exists():
             shutil.copytree(pack, snapshot)
-    return seconds
+    return edits
+
+
+def _effort(edits: list[dict]) -> dict:
+    """Seconds per edit (mean, median), steps per edit and the share that met the stop rule, over
+    the edits whose record exists."""
+    timed = [e["seconds"] for e in edits if e["seconds"] == e["seconds"]]
+    stepped = [e for e in edits if e["steps"] is not None]
+    return {
+        "seconds_per_edit": sum(timed) / len(timed) if timed else None,
+        "median_seconds_per_edit": statistics.median(timed) if timed else None,
+        "steps_per_edit": sum(e["steps"] for e in stepped) / len(stepped) if stepped else None,
+        "stopped_share": sum(e["converged"] for e in stepped) / len(stepped) if stepped else None,
+    }
 
 
 def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
@@ -235,10 +255,9 @@ def main() -> None:
         args.t = sorted({min(size, len(facts)) for size in args.t})
     rows = []
     for method in args.methods:
-        seconds = run_edits(method, facts, args.t, args.work, args.chunk)
+        edits = run_edits(method, facts, args.t, args.work, args.chunk)
         for size in sorted(args.t):
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
-            timed = [s for s in seconds[:size] if s == s]
             generated = {f"generated_{key}": value for key, value in result["generate"].items()}
             row = {
                 "T": size,
@@ -249,8 +268,7 @@ def main() -> None:
                 "same_route": result["same_route"],
                 "routing": result["routing"],
                 **_gen_split(facts[:size], result["per_record"]),
-                "seconds_per_edit": sum(timed) / len(timed) if timed else None,
-                "median_seconds_per_edit": statistics.median(timed) if timed else None,
+                **_effort(edits[:size]),
             }
             rows.append(row)
             if "baseline" in result:
@@ -279,20 +297,22 @@ def main() -> None:
         "same_subject": "subj",
     }
     header = " | ".join(f"{title:^{6 * len(keys) - 1}}" for title, keys in groups.items())
-    print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6}")
+    print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6} | {'steps':>5} | {'stop':>5}")
     labels = " | ".join(
         " ".join(f"{names.get(k, k.rsplit('_', 1)[-1][:5].capitalize()):>5}" for k in keys) for keys in groups.values()
     )
-    print(f"{'T':>5} {'method':>9} | {labels} | {'same':>5} | {'median':>6}")
+    print(f"{'T':>5} {'method':>9} | {labels} | {'same':>5} | {'median':>6} | {'mean':>5} | {'share':>5}")
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
         cells = " | ".join(
             " ".join(f"{row[k]:>5.2f}" if row.get(k) is not None else f"{'-':>5}" for k in keys)
             for keys in groups.values()
         )
         same = row.get("same_route", {}).get("vs_bare")
-        median = row.get("median_seconds_per_edit")
-        same_cell, median_cell = ("-" if v is None else f"{v:.2f}" for v in (same, median))
-        print(f"{row['T']:>5} {row['method']:>9} | {cells} | {same_cell:>5} | {median_cell:>6}")
+        effort = (row.get(key) for key in ("median_seconds_per_edit", "steps_per_edit", "stopped_share"))
+        median_cell, steps_cell, stop_cell = ("-" if v is None else f"{v:.2f}" for v in effort)
+        same_cell = "-" if same is None else f"{same:.2f}"
+        effort_cells = f"{median_cell:>6} | {steps_cell:>5} | {stop_cell:>5}"
+        print(f"{row['T']:>5} {row['method']:>9} | {cells} | {same_cell:>5} | {effort_cells}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
