@@ -31,16 +31,14 @@ else (an edit deactivated since, another model, a damaged file) and S is summed 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .batching import pad_left
+from .cache import load_tensors, save_tensors
 from .models import input_of
 
 
@@ -78,22 +76,20 @@ class Protection:
 
     def save(self, path: Path) -> None:
         """Write S and what it was summed from, atomically (a reader sees the old file or the new)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
         metadata = {"edits": str(self.edits), "rows": self.rows.hexdigest(), "probe": self.probe}
-        save_file({"matrix": self.matrix.contiguous()}, str(partial), metadata=metadata)
-        os.replace(partial, path)
+        save_tensors(path, {"matrix": self.matrix}, metadata)
 
     @classmethod
     def load(cls, path: Path, signatures: Sequence[bytes]) -> Protection | None:
         """S from `path` if it summed exactly the first of these edits' `signatures`, in order;
         None if it did not, or the file is missing or damaged. The caller checks the probe."""
+        cached = load_tensors(path)
+        if cached is None:
+            return None
+        tensors, metadata = cached
         try:
-            with safe_open(str(path), framework="pt") as file:
-                metadata = file.metadata() or {}
-                matrix = file.get_tensor("matrix")
-            edits = int(metadata["edits"])
-        except (OSError, SafetensorError, KeyError, ValueError):
+            matrix, edits = tensors["matrix"], int(metadata["edits"])
+        except (KeyError, ValueError):
             return None
         d_ff = len(matrix)
         if not 0 < edits <= len(signatures) or matrix.shape != (d_ff, d_ff) or matrix.dtype != torch.float32:

@@ -4,7 +4,8 @@
     PACK/versions/000007.json    one record per version: its manifest, what changed, how to replay it
     PACK/objects/<sha256>        the data files (safetensors, JSONL), named by their content
     PACK/README.md               model card of the current version
-    PACK/cache/                  what a run computed and the next may reuse (protection.py); no
+    PACK/cache/                  what a run computed and the next may reuse (protection.py,
+                                 calibration.py's unrelated prompts); no
                                  part of any version: deleting it costs time, never an edit
 
 A commit writes the new objects, then the version record, then swaps `manifest.json` (each by
@@ -372,6 +373,11 @@ def _is_flat(path: Path, manifest: Manifest) -> bool:
 def protection_cache(path: Path) -> Path:
     """The protection matrix an edit run leaves for the next one (protection.py)."""
     return path / CACHE / "protection.safetensors"
+
+
+def unrelated_cache(path: Path) -> Path:
+    """The unrelated prompts' features an edit run leaves for the next one (calibration.py)."""
+    return path / CACHE / "unrelated.safetensors"
 
 
 def refuse_foreign_folder(path: Path) -> None:

@@ -38,6 +38,7 @@ from .store import (
     pause_point,
     protection_cache,
     refuse_foreign_folder,
+    unrelated_cache,
     writing,
 )
 from .tophash import Aggregation, background_prompts, make_permutation, prompt_features
@@ -272,7 +273,7 @@ class _EditRun:
             if on_start:
                 on_start(len(plan.add))
             variants = self._known_variants(editor, pack)
-            unrelated = UnrelatedPrompts(editor)
+            unrelated = UnrelatedPrompts(editor, unrelated_cache(self.pack_path))
             for batch in edit_batches(masks, options.batch_size, pack.memory.threshold, pack.memory.k):
                 facts = [plan.add[number] for number in batch]
                 for fact in facts:
@@ -302,6 +303,7 @@ class _EditRun:
         if last_version:
             summary.versions.append(self._commit(pack, loaded, ops, done, before, len(plan.add)))
         editor.save_protection()  # once committed: the cache is only ever of edits a version holds
+        unrelated.save()
         summary.seconds = time.perf_counter() - start
         return summary
 

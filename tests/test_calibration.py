@@ -119,3 +119,74 @@ def test_an_edit_run_computes_the_unrelated_prompts_once_and_its_last_tau_is_a_f
     with editing(load_model(str(model_dir)), edited) as editor:
         fresh = calibrate(UnrelatedPrompts(editor).overlaps(), routing.calibration["histogram"], edited.memory.k, 0.5)
     assert fresh.threshold == routing.threshold and len(asked) == 2
+
+
+def _counting_features(monkeypatch) -> list[int]:
+    """How many prompts each feature pass of the calibration reads."""
+    import memoir_cli.calibration as calibration
+
+    sizes: list[int] = []
+    features = calibration._features
+
+    def counted(editor, prompts, chat, system=None):
+        sizes.append(len(prompts))
+        return features(editor, prompts, chat, system)
+
+    monkeypatch.setattr(calibration, "_features", counted)
+    return sizes
+
+
+def _unrelated_passes(sizes: list[int]) -> int:
+    from memoir_cli.calibration import calibration_prompts
+
+    return sum(size == len(calibration_prompts()) for size in sizes)
+
+
+def test_a_later_edit_run_reads_the_unrelated_prompts_features_from_the_cache_and_gets_the_same_tau(
+    tmp_path, model_dir, monkeypatch
+):
+    import shutil
+
+    from memoir_cli.store import unrelated_cache
+
+    pack, twin = tmp_path / "pack", tmp_path / "twin"
+    sizes = _counting_features(monkeypatch)
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", pack, "--model", model_dir, "--steps", 1)
+    computed = _unrelated_passes(sizes)  # one per form the pack asks them in
+    assert computed >= 1 and unrelated_cache(pack).is_file()
+    shutil.copytree(pack, twin)
+    second = write_facts(tmp_path / "b.jsonl", FACTS[1:2])
+    sizes.clear()
+    cached = ok("edit", second, "--pack", pack, "--model", model_dir, "--steps", 1, "--json")
+    assert _unrelated_passes(sizes) == 0  # only the two one-prompt probes, and the fact's own variants
+
+    unrelated_cache(twin).write_bytes(b"not a safetensors file")  # a damaged cache is computed again
+    fresh = ok("edit", second, "--pack", twin, "--model", model_dir, "--steps", 1, "--json")
+    assert _unrelated_passes(sizes) == computed
+    assert cached["calibration"] is not None and cached["calibration"] == fresh["calibration"]  # the same tau
+
+
+def test_unrelated_features_cached_for_another_model_are_computed_again(tmp_path, model_dir, monkeypatch):
+    import torch
+
+    from memoir_cli.calibration import UnrelatedPrompts
+    from memoir_cli.editor import editing
+    from memoir_cli.models import load_model
+    from memoir_cli.store import load_pack, unrelated_cache
+
+    pack = tmp_path / "pack"
+    ok("edit", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--pack", pack, "--model", model_dir, "--steps", 1)
+    loaded, edited, cache = load_model(str(model_dir)), load_pack(pack), unrelated_cache(pack)
+    sizes = _counting_features(monkeypatch)
+    with editing(loaded, edited) as editor:
+        same = UnrelatedPrompts(editor, cache).overlaps()
+        assert _unrelated_passes(sizes) == 0
+        with torch.no_grad():
+            loaded.model.model.layers[0].mlp.up_proj.weight.mul_(1.01)  # below the edit layer: every feature moves
+        moved = UnrelatedPrompts(editor, cache)
+        moved.overlaps()
+        assert _unrelated_passes(sizes) >= 1  # the probe's bits differ: the cache is not used
+        moved.save()
+        sizes.clear()
+        assert UnrelatedPrompts(editor, cache).overlaps() == moved.overlaps() != same  # the new model's, cached
+        assert _unrelated_passes(sizes) == 0
