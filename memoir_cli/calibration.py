@@ -182,21 +182,26 @@ class UnrelatedPrompts:
         return digest.hexdigest()
 
     def _features(self) -> torch.Tensor:
-        probe = torch.cat([_features(self.editor, self.prompts[:1], chat=form) for form in self._forms()])
-        cached = load_tensors(self.cache) if self.cache is not None else None
+        if self.cache is None:
+            return self._read(self.prompts)
+        probe = self._read(self.prompts[:1])
+        cached = load_tensors(self.cache)
         if cached is not None and self._holds(*cached, probe):
             return cached[0]["features"]
-        features = torch.cat([_features(self.editor, self.prompts, chat=form) for form in self._forms()])
+        features = self._read(self.prompts)
         self._computed = {"features": features, "probe": probe}
         return features
+
+    def _read(self, prompts: list[str]) -> torch.Tensor:
+        """`prompts`' features in each form, form after form: [len(prompts) x forms, d_ff]."""
+        return torch.cat([_features(self.editor, prompts, chat=form) for form in self._forms()])
 
     def _holds(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], probe: torch.Tensor) -> bool:
         """Whether cached features are of these prompts and forms, and of this model (its probe)."""
         return (
             metadata.get("key") == self._key()
             and {"features", "probe"} <= tensors.keys()
-            and tensors["probe"].shape == probe.shape
-            and torch.equal(tensors["probe"], probe)
+            and torch.equal(tensors["probe"], probe)  # False for another shape too
             and tensors["features"].shape == (len(self.prompts) * len(probe), probe.shape[1])
         )
 
