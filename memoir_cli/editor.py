@@ -43,7 +43,7 @@ from .facts import Fact
 from .memory import MemoirLinear, TrainingState, attach, detach, mask_overlaps
 from .models import LoadedModel, decoder_layers, final_norm, input_device
 from .pack import Pack
-from .protection import Protection, damped_step, edit_signature, inputs_digest, layer_inputs
+from .protection import Protection, damped_step, edit_signature, inputs_digest, layer_inputs, share
 from .tophash import prompt_features
 
 if TYPE_CHECKING:
@@ -203,13 +203,16 @@ class Editor:
         ]
         return self.memory.query_masks(torch.cat(features))
 
-    def neighbours(self, mask: torch.Tensor) -> list[int]:
-        """Bank rows of the earlier active edits this fact's columns overlap most, most similar first."""
+    def neighbours(self, mask: torch.Tensor, other_than: int | None = None) -> list[int]:
+        """Bank rows of the earlier active edits this fact's columns overlap most, most similar first
+        (never bank row `other_than`: the edit being refitted)."""
         bank = self.memory.bank
         if self.settings.rehearse <= 0 or len(bank) == 0:
             return []
         overlap = self.memory.overlaps(mask.unsqueeze(0))[0].cpu()
         overlap[~bank.active] = -1.0
+        if other_than is not None:
+            overlap[other_than] = -1.0
         floor = self.memory.threshold if self.settings.rehearse_overlap is None else self.settings.rehearse_overlap
         candidates = (overlap >= floor).nonzero().squeeze(1)
         ranked = candidates[overlap[candidates].argsort(descending=True, stable=True)]
@@ -289,8 +292,42 @@ class Editor:
         would average them. A batch of one is `edit`, step for step."""
         start = time.perf_counter()
         masks = self.masks_for([fact.prompt for fact in facts])  # [facts, d_ff]
+        fit = self._fit(facts, masks, on_step)
+        for fact, mask in zip(facts, masks):
+            row = self.memory.bank.add(fact.id, mask)
+            self.memory.keys.add(row, self.key_masks(fact.prompt))
+            self.facts.append(fact)
+            if self._protection is not None:
+                self._protect(row)
+        self.wrapper.refresh()
+        seconds = (time.perf_counter() - start) / len(facts)  # the batch's time, shared
+        return [EditResult(f.id, fit.loss, fit.steps, fit.converged, seconds, fit.rehearsed) for f in facts]
+
+    def refit(self, edit_id: str, on_step: Callable[[int, float], None] | None = None) -> EditResult:
+        """Fit an active edit's fact again, under its stored mask, as if it were edited now.
+
+        Why: later edits that share its columns can move its answer (docs/BENCHMARKS.md, "Why edits
+        are forgotten"); `memoir repair` refits those whose own question no longer gets their
+        answer. The batch and the steps are an edit's, with the edit itself left out of the
+        rehearsed neighbours and of the protection (it must not be held where it is). Its bank
+        row, keys and fact stay; only the memory's columns of its mask change."""
+        start = time.perf_counter()
+        row = self.memory.bank.row_of(edit_id)
+        fit = self._fit([self.facts[row]], self.memory.bank.rows([row]), on_step, refitting=row)
+        self.wrapper.refresh()
+        return EditResult(edit_id, fit.loss, fit.steps, fit.converged, time.perf_counter() - start, fit.rehearsed)
+
+    def _fit(
+        self,
+        facts: Sequence[Fact],
+        masks: torch.Tensor,
+        on_step: Callable[[int, float], None] | None,
+        refitting: int | None = None,
+    ) -> _Fit:
+        """Train the memory's columns of `masks` [facts, d_ff] on `facts`' rows and their nearest
+        earlier edits' (not bank row `refitting`), until the stop rule or the last step."""
         columns = masks.any(dim=0).nonzero().squeeze(1).to(self.layer_device)  # [union of the masks' columns]
-        neighbours = list(dict.fromkeys(row for mask in masks for row in self.neighbours(mask)))
+        neighbours = list(dict.fromkeys(row for mask in masks for row in self.neighbours(mask, refitting)))
         groups = self.training_batch(facts, [self.facts[row] for row in neighbours])
         weight = self.memory.weight[:, columns.cpu()].to(self.layer_device).clone().requires_grad_(True)
         state = TrainingState(columns, weight)
@@ -303,8 +340,7 @@ class Editor:
             state.frozen[:, columns] = 0.0
         optimiser = make_optimiser(self.settings, weight)
         loss_fn = self._batch_loss(groups, state, row_masks)
-        protection = self.protection()
-        damping = None if protection is None else protection.damping(columns, self.settings.protect, self.layer_device)
+        damping = self._damping(columns, refitting)
         previous, converged, step = None, False, 0
         with self.wrapper.fitting(state):
             for step in range(1, self.settings.steps + 1):
@@ -329,15 +365,15 @@ class Editor:
                 previous = value
         final = value if converged else self._final_loss(loss_fn, state)
         self.memory.weight[:, columns.cpu()] = weight.detach().to(self.memory.weight.device, self.memory.weight.dtype)
-        for fact, mask in zip(facts, masks):
-            row = self.memory.bank.add(fact.id, mask)
-            self.memory.keys.add(row, self.key_masks(fact.prompt))
-            self.facts.append(fact)
-            if protection is not None:
-                self._protect(row)
-        self.wrapper.refresh()
-        seconds = (time.perf_counter() - start) / len(facts)  # the batch's time, shared
-        return [EditResult(f.id, final, step, converged, seconds, len(neighbours)) for f in facts]
+        return _Fit(final, step, converged, len(neighbours))
+
+    def _damping(self, columns: torch.Tensor, refitting: int | None) -> torch.Tensor | None:
+        """Protection's damping for the trained `columns`, without the share of the edit being refitted."""
+        protection = self.protection()
+        if protection is None:
+            return None
+        without = None if refitting is None else share(self._protection_inputs(refitting), self._mask(refitting))
+        return protection.damping(columns, self.settings.protect, self.layer_device, without)
 
     def protection(self) -> Protection | None:
         """The interference matrix over the active edits (protection.py), or None when the pack does
@@ -375,16 +411,19 @@ class Editor:
         """Add bank row `row`'s edit to the matrix: its rehearsal rows' inputs under its mask."""
         assert self._protection is not None
         inputs = self._protection_inputs(row)
-        self._protection.add_edit(inputs, self.memory.bank.rows([row])[0], self._signature(row))
+        self._protection.add_edit(inputs, self._mask(row), self._signature(row))
         self._protected.append(row)
 
     def _protection_inputs(self, row: int) -> list[torch.Tensor]:
         ids = [r.ids for r in self._rehearsal_rows(self.facts[row])]
         return layer_inputs(self.model, self.wrapper, ids, self.device)
 
+    def _mask(self, row: int) -> torch.Tensor:
+        return self.memory.bank.rows([row])[0]
+
     def _signature(self, row: int) -> bytes:
         fact = self.facts[row]
-        return edit_signature(fact.id, fact.prompt, fact.target, self.memory.bank.rows([row])[0])
+        return edit_signature(fact.id, fact.prompt, fact.target, self._mask(row))
 
     @torch.no_grad()
     def _final_loss(self, loss_fn, state: TrainingState) -> float:
@@ -469,6 +508,16 @@ class Editor:
             return (per_row / predicting.sum(dim=1).clamp_min(1)).mean()
 
         return loss
+
+
+class _Fit(NamedTuple):
+    """How one optimisation ended: its last loss, its steps, whether it met the stop rule, and how
+    many earlier edits it rehearsed."""
+
+    loss: float
+    steps: int
+    converged: bool
+    rehearsed: int
 
 
 class _Row(NamedTuple):

@@ -5,6 +5,7 @@ made it from its parent, in order, with the facts it added in full:
 
     ["deactivate", ID]      routing never selects edit ID again
     ["edit", ID]            fit fact ID (from the record's "facts") into the memory
+    ["refit", ID]           fit active edit ID's fact again under its stored mask (a repair)
     ["restore", N]          the state becomes exactly version N's (a rollback)
     ["reset"]               an empty memory and bank, same layer, permutation, background (a rebuild)
 
@@ -121,6 +122,8 @@ def _default_message(kind: str, added, replaced, deactivated, extra) -> str:
         return f"rollback to version {extra['restored']}"
     if kind == "rebuild":
         return f"rebuild: {len(added)} active facts replayed into a compact memory"
+    if kind == "repair":
+        return f"repair: {len(extra['refitted'])} forgotten edits refitted"
     parts = [
         f"{n} {label}"
         for n, label in (
@@ -231,6 +234,8 @@ def replay(parent: Pack, record: dict, loaded: LoadedModel, path: Path, model_lo
                 editor.edit(facts[value])
             elif op == "edit_batch":
                 editor.edit_batch([facts[fact_id] for fact_id in value])
+            elif op == "refit":
+                editor.refit(value)
             else:
                 raise PackError(f"{path}: version {record['version']}: unknown operation {op!r}")
     _check_reproduced(pack, record, path)

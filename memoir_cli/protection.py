@@ -58,20 +58,22 @@ class Protection:
         self.probe = inputs_digest(inputs)
 
     def add(self, inputs: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
-        """Add one edit: `inputs` the edit layer's inputs [seq, d_ff] of each of its rows, `mask` its
-        trained mask [d_ff] (bool)."""
-        x = torch.cat(list(inputs)).float() * mask.float()  # [positions, d_ff]
-        self.matrix += x.T @ x / x.shape[0]
+        """Add one edit's `share`."""
+        self.matrix += share(inputs, mask)
         self.edits += 1
 
-    def damping(self, columns: torch.Tensor, strength: float, device: torch.device) -> torch.Tensor:
+    def damping(
+        self, columns: torch.Tensor, strength: float, device: torch.device, without: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(I + strength S[C, C] / e)^-1 [|C|, |C|] for the trained `columns` C, on `device`: a
-        step's change u [d_out, |C|] becomes u @ damping."""
+        step's change u [d_out, |C|] becomes u @ damping. `without`: the `share` of one edit summed
+        in S to leave out (an edit being refitted is not held where it is)."""
         eye = torch.eye(len(columns), dtype=torch.float64)
-        if self.edits == 0:
+        matrix, edits = (self.matrix, self.edits) if without is None else (self.matrix - without, self.edits - 1)
+        if edits == 0:
             return eye.float().to(device)
-        energy = self.matrix.trace().double() / self.edits  # e: what one edit reads with, on average
-        block = self.matrix[columns.cpu()][:, columns.cpu()].double() / energy  # [|C|, |C|]
+        energy = matrix.trace().double() / edits  # e: what one edit reads with, on average
+        block = matrix[columns.cpu()][:, columns.cpu()].double() / energy  # [|C|, |C|]
         return torch.linalg.inv(eye + strength * block).float().to(device)
 
     def save(self, path: Path) -> None:
@@ -101,6 +103,13 @@ class Protection:
             return None
         protection.matrix, protection.edits, protection.probe = matrix, edits, metadata.get("probe", "")
         return protection
+
+
+def share(inputs: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """One edit's term of S [d_ff, d_ff]: `inputs` the edit layer's inputs [seq, d_ff] of each of
+    its rows, `mask` its trained mask [d_ff] (bool)."""
+    x = torch.cat(list(inputs)).float() * mask.float()  # [positions, d_ff]
+    return x.T @ x / x.shape[0]
 
 
 def edit_signature(fact_id: str, prompt: str, target: str, mask: torch.Tensor) -> bytes:

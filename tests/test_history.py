@@ -211,6 +211,8 @@ def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path)
         ["rebuild", missing],
         ["revert", missing, "some-id"],
         ["log", missing],
+        ["repair", missing],
+        ["repair", missing, "--dry-run"],
     ):
         result = run(*args)
         assert result.exit_code == 3 and "no such pack" in result.stderr

@@ -149,6 +149,19 @@ class edit_progress:
 
 
 @contextmanager
+def repair_progress(enabled: bool) -> Iterator[dict]:
+    """Two bars fed by repair_pack: questions checked, and forgotten edits refitted (per round)."""
+    progress = progress_bar("repair", enabled, TextColumn("{task.description}"))
+    checks = progress.add_task("questions checked", total=None)
+    refits = progress.add_task("edits refitted", total=None)
+    with progress:
+        yield {
+            "on_check": lambda done, total: progress.update(checks, completed=done, total=total),
+            "on_refit": lambda done, total: progress.update(refits, completed=done, total=total),
+        }
+
+
+@contextmanager
 def eval_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A bar of sequences scored or generated, fed by evaluate's progress callback."""
     progress = progress_bar("scoring", enabled, TextColumn("sequences"))
@@ -166,7 +179,7 @@ def model_loader(base: BaseModel):
         from ..workflows import model_spec_for
 
         if "model" not in cache:
-            err.print("[dim]loading the base model to replay a version...[/]")
+            err.print("[dim]loading the base model...[/]")
             cache["model"] = load_model(base.model or model_spec_for(pack), base.device, base.dtype, base.device_map)
         return cache["model"]
 

@@ -1,4 +1,4 @@
-"""Commands over a pack's history: rollback, rebuild (each adds a version), gc (frees space)."""
+"""Commands over a pack's history: rollback, rebuild, repair (each adds a version), gc (frees space)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ._options import (
     PackFolderArg,
     takes_base_model,
 )
-from ._output import edit_progress, handles_errors, model_loader, report, writer
+from ._output import edit_progress, handles_errors, model_loader, repair_progress, report, say, writer
 
 
 @handles_errors
@@ -71,6 +71,54 @@ def rebuild(
 
 
 @handles_errors
+@takes_base_model
+def repair(
+    pack: PackFolderArg,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Check and refit again up to this many times: a refit can move another edit's answer."
+        ),
+    ] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only check: list the forgotten edits, write nothing.")
+    ] = False,
+    message: MessageOpt = None,
+    base: BaseModel = DEFAULT_BASE_MODEL,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the active edits whose own question no longer gets their answer, and fit them again, as a new version.
+
+    Each edit's question is asked the ways the pack was trained (bare; in a chat pack also in
+    chat), routed as at inference; it holds when greedy decoding gives its answer. Later edits that
+    share its memory columns can move it. A question routed to another edit is listed, not refitted:
+    revert one of the two. Nothing forgotten, nothing written.
+
+    [dim]Example: memoir repair my-pack --rounds 2[/]
+    """
+    from ..repair import repair_pack
+
+    with repair_progress(enabled=not as_json) as hooks:
+        result = repair_pack(pack, model_loader(base), writer(message, no_wait), rounds, dry_run, **hooks)
+    if as_json:
+        report(result, True, "")
+        return
+    for edit in result.forgotten:
+        where = "" if edit.reached else f", asked, reaches {edit.routed_to or 'no edit'}: not refitted"
+        say(f"[yellow]forgotten[/] {edit.edit_id} ({', '.join(edit.forms)}){where}")
+    if result.dry_run:
+        say(f"{len(result.forgotten)} of {result.checked} active edits forgotten (dry run: nothing written)")
+    elif result.version is None:
+        say(f"[green]nothing to repair[/] in {pack}: {result.checked} active edits checked")
+    else:
+        say(
+            f"[green]repaired[/] {pack} as version {result.version}: {len(result.refits)} refit(s) in "
+            f"{result.rounds} round(s); {len(result.still_forgotten)} of {result.checked} still forgotten"
+        )
+
+
+@handles_errors
 def gc(
     pack: PackFolderArg,
     grace: Annotated[
@@ -110,4 +158,4 @@ def gc(
     )
 
 
-COMMANDS = {"rollback": rollback, "rebuild": rebuild, "gc": gc}
+COMMANDS = {"rollback": rollback, "rebuild": rebuild, "repair": repair, "gc": gc}

@@ -1,0 +1,206 @@
+"""Finding the edits a pack has forgotten, and fitting them again (`memoir repair`).
+
+Why: each edit changes the memory's columns of its mask, and every other edit reads some of them.
+Rehearsal and protection (editor.py, protection.py) keep most earlier answers, not all: at T = 998
+an edit 300 edits old still answers its own question right only 0.66-0.71 of the time, in
+generated answers (docs/BENCHMARKS.md). A pack that grows night after night needs a way to find
+those edits and restore them, as a new version that can be rolled back like any other.
+
+The check is one teacher-forced pass per question, and exact: an edit holds when, asked its own
+question the ways the pack was trained (bare; in a chat pack also through the chat template with no
+system prompt), routed as at inference, every token of its answer is the model's greedy choice.
+That is the same as greedy generation starting with the answer. A question that routing sends to
+another edit cannot be mended by refitting: it is reported as `routed_elsewhere`, a conflict for
+the user (memoir revert, or `memoir edit --on-conflict replace`).
+
+A repair refits each forgotten edit (Editor.refit: its own rows under its stored mask, its
+neighbours rehearsed, every other edit protected), checks again, and with `rounds` > 1 refits
+what the refits broke in turn. The version's record holds `["refit", ID]` operations, so a replay
+reproduces it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .batching import pad_left, prompt_target_ids
+from .chat import chat_answer_ids, chat_prompt, conversation
+from .editor import Editor, EditResult, editing
+from .errors import BadInputError
+from .facts import Fact
+from .history import ModelLoader, edit_record, replay_info, weight_change
+from .store import WriteOptions, commit, load_pack, protection_cache, writing
+
+QUESTION, CHAT = "question", "chat"
+
+Progress = Callable[[int, int], None]
+"""Called with (done, in all): questions checked, or forgotten edits refitted in this round."""
+
+
+@dataclass
+class Asked:
+    """One edit's question, in one form, ready to score: the row's token ids, the tokens routing
+    reads (1) and where the answer's tokens start."""
+
+    edit_id: str
+    form: str  # QUESTION or CHAT
+    ids: list[int]
+    route: list[int]
+    answer_start: int
+
+
+@dataclass
+class Forgotten:
+    """An active edit whose own question, asked in the `forms` listed, does not get its answer."""
+
+    edit_id: str
+    forms: list[str]
+    reached: bool = True  # whether each of those questions reached this edit: if not, a refit cannot help
+    routed_to: str | None = None  # where one that did not went (None: no edit)
+
+    def to_json(self) -> dict:
+        return {"id": self.edit_id, "forms": self.forms, "reached": self.reached, "routed_to": self.routed_to}
+
+
+def questions(editor: Editor, facts: list[Fact]) -> list[Asked]:
+    """Each fact's question as the pack was trained on it: bare, and in a chat pack through the
+    chat template (no system prompt), with the answer's tokens (not the end token) after it."""
+    tokenizer = editor.tokenizer
+    asked = []
+    for fact in facts:
+        ids, n_prompt = prompt_target_ids(tokenizer, fact.prompt, fact.target)
+        n_prompt = max(n_prompt, 1)
+        asked.append(Asked(fact.id, QUESTION, ids, [1] * n_prompt + [0] * (len(ids) - n_prompt), n_prompt))
+        if editor.settings.chat:
+            messages = conversation(fact.prompt)
+            prompt = chat_prompt(tokenizer, messages)
+            answer = chat_answer_ids(tokenizer, messages, fact.target)[:-1]  # without the end-of-turn token
+            route = prompt.route_mask() + [0] * len(answer)
+            asked.append(Asked(fact.id, CHAT, prompt.ids + answer, route, len(prompt.ids)))
+    return asked
+
+
+@torch.no_grad()
+def check(editor: Editor, batch_size: int = 16, on_progress: Progress | None = None) -> tuple[int, list[Forgotten]]:
+    """How many active edits were checked, and those forgotten (see the module docstring)."""
+    facts = editor.pack.active_facts()
+    asked = questions(editor, facts)
+    failed: dict[str, Forgotten] = {}
+    pad_id = editor.tokenizer.pad_token_id
+    for start in range(0, len(asked), batch_size):
+        chunk = asked[start : start + batch_size]
+        batch = pad_left([a.ids for a in chunk], pad_id, editor.device)
+        route = pad_left([a.route for a in chunk], 0, editor.device)["input_ids"]
+        with editor.wrapper.routing_from(route):
+            logits = editor.model(**batch, use_cache=False).logits  # [rows, width, vocab]
+        routes = editor.wrapper.describe_routes()
+        width = batch["input_ids"].shape[1]
+        argmax = logits.argmax(dim=-1).cpu()
+        for row, item in enumerate(chunk):
+            answer_start = width - len(item.ids) + item.answer_start
+            predicted = argmax[row, answer_start - 1 : width - 1].tolist()
+            routed_to = routes[row]["edit_id"]
+            if predicted == item.ids[item.answer_start :] and routed_to == item.edit_id:
+                continue
+            entry = failed.setdefault(item.edit_id, Forgotten(item.edit_id, []))
+            entry.forms.append(item.form)
+            if routed_to != item.edit_id:
+                entry.reached, entry.routed_to = False, routed_to
+        if on_progress:
+            on_progress(start + len(chunk), len(asked))
+    order = {fact.id: n for n, fact in enumerate(facts)}
+    return len(facts), sorted(failed.values(), key=lambda f: order[f.edit_id])
+
+
+@dataclass
+class RepairReport:
+    """What `memoir repair` found and did."""
+
+    pack: str
+    checked: int
+    forgotten: list[Forgotten]  # the first check's finding
+    dry_run: bool = False
+    refits: list[EditResult] = field(default_factory=list)
+    rounds: int = 0  # rounds of refits run
+    still_forgotten: list[Forgotten] = field(default_factory=list)  # the last check's finding
+    version: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def refittable(self) -> list[Forgotten]:
+        return [f for f in self.forgotten if f.reached]
+
+    def to_json(self) -> dict:
+        return {
+            "pack": self.pack,
+            "dry_run": self.dry_run,
+            "checked": self.checked,
+            "forgotten": [f.to_json() for f in self.forgotten],
+            "rounds": self.rounds,
+            "refitted": [
+                {"id": r.edit_id, "loss": round(r.loss, 5), "steps": r.steps, "converged": r.converged}
+                for r in self.refits
+            ],
+            "still_forgotten": [f.to_json() for f in self.still_forgotten],
+            "version": self.version,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def repair_pack(
+    pack_path: str | Path,
+    model_loader: ModelLoader,
+    write: WriteOptions = WriteOptions(),
+    rounds: int = 1,
+    dry_run: bool = False,
+    on_check: Progress | None = None,
+    on_refit: Progress | None = None,
+) -> RepairReport:
+    """Check every active edit of the pack at `pack_path` and refit the forgotten ones, up to
+    `rounds` times, as one new version (none when nothing was refitted, or with `dry_run`)."""
+    if rounds < 1:
+        raise BadInputError("--rounds must be at least 1")
+    start = time.perf_counter()
+    if dry_run:
+        pack = load_pack(pack_path)
+        with editing(model_loader(pack), pack) as editor:
+            checked, found = check(editor, on_progress=on_check)
+        report = RepairReport(str(pack_path), checked, found, dry_run=True, still_forgotten=found)
+        report.seconds = time.perf_counter() - start
+        return report
+    with writing(pack_path, write) as path:
+        pack = load_pack(path)
+        loaded = model_loader(pack)
+        before = pack.memory.weight.clone()
+        with editing(loaded, pack, protection_cache=protection_cache(path)) as editor:
+            checked, found = check(editor, on_progress=on_check)
+            report = RepairReport(str(path), checked, found, still_forgotten=found)
+            todo = report.refittable
+            while todo and report.rounds < rounds:
+                report.rounds += 1
+                for done, edit in enumerate(todo, start=1):
+                    report.refits.append(editor.refit(edit.edit_id))
+                    if on_refit:
+                        on_refit(done, len(todo))
+                _, report.still_forgotten = check(editor, on_progress=on_check)
+                todo = [f for f in report.still_forgotten if f.reached]
+        if report.refits:
+            refitted = list(dict.fromkeys(r.edit_id for r in report.refits))
+            record = edit_record(
+                "repair",
+                write.message,
+                [["refit", r.edit_id] for r in report.refits],
+                [],
+                change=weight_change(before, pack.memory.weight),
+                refitted=refitted,
+            )
+            record["replay"] = replay_info(loaded)
+            report.version = commit(pack, path, record)
+            editor.save_protection()
+    report.seconds = time.perf_counter() - start
+    return report
