@@ -15,6 +15,8 @@
 #   MEMOIR_EVAL_LIMIT  score at most this many records   (default: all)
 #   MEMOIR_MIN_REL     lowest acceptable reliability     (default: 0.90)
 #   MEMOIR_MIN_LOC     lowest acceptable locality        (default: 0.95)
+#   MEMOIR_REPAIR_ROUNDS  after editing, refit the edits whose own question lost its answer, up to
+#                      this many rounds (memoir repair), before scoring (default: 0, no repair)
 #   MEMOIR_HUB_REPO    Hub repo to pull from (when PACK is missing) and push kept versions to
 #                      (default: local only); HF_TOKEN and HF_ENDPOINT as for any Hugging Face tool
 #
@@ -65,6 +67,12 @@ if [[ $(field "$WORK/edit.json" '["versions"]') == "[]" ]]; then
 fi
 say "edited $(field "$WORK/edit.json" '["edited"]') fact(s), replaced $(field "$WORK/edit.json" '["replaced"]')," \
     "skipped $(field "$WORK/edit.json" '["skipped"]')"
+
+rounds=${MEMOIR_REPAIR_ROUNDS:-0}
+if (( rounds > 0 )); then
+    memoir repair "$PACK" --rounds "$rounds" --message "nightly repair $TODAY" --json > "$WORK/repair.json"
+    say "repair: $("$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])); print(len(r["forgotten"]), "of", r["checked"], "edits forgotten,", len(r["refitted"]), "refit(s),", len(r["still_forgotten"]), "still forgotten")' "$WORK/repair.json")"
+fi
 
 eval_args=(--json)
 [[ -n "${MEMOIR_EVAL_DATA:-}" ]] && eval_args+=(--data "$MEMOIR_EVAL_DATA")

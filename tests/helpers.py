@@ -61,6 +61,18 @@ def save_pack(pack: Pack, path) -> int:
     return commit(pack, path, edit_record("edit", None, [["edit", f.id] for f in pack.facts], pack.facts))
 
 
+def overwrite_edit(path, edit_id: str) -> None:
+    """What many later edits sharing its columns can do to an edit, at once: its columns of the
+    memory zeroed, committed as the pack's next version."""
+    from memoir_cli.history import edit_record
+    from memoir_cli.store import commit, load_pack
+
+    state = load_pack(path)
+    mask = state.memory.bank.rows([state.memory.bank.row_of(edit_id)])[0]
+    state.memory.weight[:, mask] = 0.0
+    commit(state, path, edit_record("edit", "columns overwritten", [], []))
+
+
 def tree(path) -> dict[str, bytes]:
     """Every file under `path` (relative name -> bytes): to prove a command left a pack alone."""
     from pathlib import Path

@@ -12,6 +12,7 @@ from memoir_cli.history import log
 from memoir_cli.store import load_pack, read_record
 
 from .conftest import FACTS
+from .helpers import overwrite_edit
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "nightly_refresh.sh"
 
@@ -53,6 +54,20 @@ def test_a_refresh_below_the_bar_is_rolled_back_and_fails(tmp_path, nights, mode
     assert "quality below the bar" in bad.stdout
     assert [v["kind"] for v in log(pack)] == ["edit", "edit", "rollback"]
     assert load_pack(pack).manifest.files == read_record(pack, 1)["manifest"]["files"]
+
+
+def test_with_repair_rounds_a_forgotten_edit_is_refitted_before_scoring_and_a_rollback_undoes_both(
+    tmp_path, nights, model_dir
+):
+    pack = tmp_path / "pack"
+    assert refresh(nights[0], pack, model_dir).returncode == 0
+    overwrite_edit(pack, FACTS[0]["id"])  # version 2: the first night's first edit lost its answer
+    bad = refresh(nights[1], pack, model_dir, MEMOIR_REPAIR_ROUNDS="1", MEMOIR_MIN_REL="1.01")
+    assert bad.returncode == 10, bad.stdout + bad.stderr
+    assert "repair: " in bad.stdout and "quality below the bar" in bad.stdout
+    assert [v["kind"] for v in log(pack)] == ["edit", "edit", "edit", "repair", "rollback"]
+    assert FACTS[0]["id"] in read_record(pack, 4)["changes"]["refitted"]
+    assert load_pack(pack).manifest.files == read_record(pack, 2)["manifest"]["files"]
 
 
 def test_a_bad_facts_file_exits_2_and_leaves_the_pack_alone(tmp_path, nights, model_dir):

@@ -6,14 +6,14 @@ import torch
 
 from memoir_cli.editor import editing
 from memoir_cli.facts import Fact
-from memoir_cli.history import edit_record, replay
+from memoir_cli.history import replay
 from memoir_cli.models import LoadedModel, load_model
 from memoir_cli.protection import Protection, share
 from memoir_cli.repair import check
-from memoir_cli.store import commit, load_pack, read_record
+from memoir_cli.store import load_pack, read_record
 
 from .conftest import FACTS
-from .helpers import edited_pack, loader, ok, run, tree, write_facts
+from .helpers import edited_pack, loader, ok, overwrite_edit, run, tree, write_facts
 
 PARIS = FACTS[0]["id"]
 
@@ -24,15 +24,6 @@ def _chat_pack(tmp_path, model_dir, facts=FACTS):
     return pack
 
 
-def _overwrite(pack, edit_id: str) -> None:
-    """What many later edits sharing its columns can do: the edit's columns of the memory zeroed,
-    committed as a version."""
-    state = load_pack(pack)
-    mask = state.memory.bank.rows([state.memory.bank.row_of(edit_id)])[0]
-    state.memory.weight[:, mask] = 0.0
-    commit(state, pack, edit_record("edit", "columns overwritten", [], []))
-
-
 def _forgotten(report: dict) -> dict[str, list[str]]:
     return {f["id"]: f["forms"] for f in report}
 
@@ -40,7 +31,7 @@ def _forgotten(report: dict) -> dict[str, list[str]]:
 def test_repair_refits_an_edit_whose_answer_was_lost_as_a_new_version(tmp_path, chat_model_dir):
     pack = _chat_pack(tmp_path, chat_model_dir)
     assert PARIS not in _forgotten(ok("repair", pack, "--dry-run", "--json")["forgotten"])  # it held
-    _overwrite(pack, PARIS)
+    overwrite_edit(pack, PARIS)
     before = load_pack(pack)
 
     report = ok("repair", pack, "--json")
@@ -58,7 +49,7 @@ def test_repair_refits_an_edit_whose_answer_was_lost_as_a_new_version(tmp_path, 
 
 def test_a_repair_version_replays_from_its_parent_bit_for_bit(tmp_path, chat_model_dir):
     pack = _chat_pack(tmp_path, chat_model_dir)
-    _overwrite(pack, PARIS)
+    overwrite_edit(pack, PARIS)
     ok("repair", pack, "--json")
     record = read_record(pack, 3)
     assert ["refit", PARIS] in record["ops"] and PARIS in record["changes"]["refitted"]
@@ -68,7 +59,7 @@ def test_a_repair_version_replays_from_its_parent_bit_for_bit(tmp_path, chat_mod
 
 def test_a_dry_run_lists_the_forgotten_edits_and_writes_nothing(tmp_path, chat_model_dir):
     pack = _chat_pack(tmp_path, chat_model_dir)
-    _overwrite(pack, PARIS)
+    overwrite_edit(pack, PARIS)
     files = tree(pack)
     report = ok("repair", pack, "--dry-run", "--json")
     assert report["dry_run"] and report["checked"] == 3 and report["version"] is None and not report["refitted"]
