@@ -10,8 +10,8 @@ The check is one teacher-forced pass per question, and exact: an edit holds when
 question the ways the pack was trained (bare; in a chat pack also through the chat template with no
 system prompt), routed as at inference, every token of its answer is the model's greedy choice.
 That is the same as greedy generation starting with the answer. A question that routing sends to
-another edit cannot be mended by refitting: it is reported as `routed_elsewhere`, a conflict for
-the user (memoir revert, or `memoir edit --on-conflict replace`).
+another edit cannot be mended by refitting: it is reported with `reached` false and `routed_to`,
+a conflict for the user (memoir revert, or `memoir edit --on-conflict replace`).
 
 A repair refits each forgotten edit (Editor.refit: its own rows under its stored mask, its
 neighbours rehearsed, every other edit protected), checks again, and with `rounds` > 1 refits
@@ -117,6 +117,11 @@ def check(editor: Editor, batch_size: int = 16, on_progress: Progress | None = N
     return len(facts), sorted(failed.values(), key=lambda f: order[f.edit_id])
 
 
+def refittable(forgotten: list[Forgotten]) -> list[Forgotten]:
+    """The forgotten edits that a refit can mend: those whose questions reached them."""
+    return [f for f in forgotten if f.reached]
+
+
 @dataclass
 class RepairReport:
     """What `memoir repair` found and did."""
@@ -130,10 +135,6 @@ class RepairReport:
     still_forgotten: list[Forgotten] = field(default_factory=list)  # the last check's finding
     version: int | None = None
     seconds: float = 0.0
-
-    @property
-    def refittable(self) -> list[Forgotten]:
-        return [f for f in self.forgotten if f.reached]
 
     def to_json(self) -> dict:
         return {
@@ -180,7 +181,7 @@ def repair_pack(
         with editing(loaded, pack, protection_cache=protection_cache(path)) as editor:
             checked, found = check(editor, on_progress=on_check)
             report = RepairReport(str(path), checked, found, still_forgotten=found)
-            todo = report.refittable
+            todo = refittable(found)
             while todo and report.rounds < rounds:
                 report.rounds += 1
                 for done, edit in enumerate(todo, start=1):
@@ -188,7 +189,7 @@ def repair_pack(
                     if on_refit:
                         on_refit(done, len(todo))
                 _, report.still_forgotten = check(editor, on_progress=on_check)
-                todo = [f for f in report.still_forgotten if f.reached]
+                todo = refittable(report.still_forgotten)
         if report.refits:
             refitted = list(dict.fromkeys(r.edit_id for r in report.refits))
             record = edit_record(
