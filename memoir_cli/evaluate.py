@@ -54,14 +54,36 @@ class Probe:
 
 
 @dataclass
+class Row:
+    """One tokenised teacher-forced row: its token ids, the positions routing reads (1: the
+    question's tokens, as for a real query) and where the answer's tokens start."""
+
+    ids: list[int]
+    route: list[int]
+    answer_start: int
+
+    @classmethod
+    def of(cls, tokenizer, probe: Probe) -> Row:
+        """`probe.prompt + " " + probe.target`, routed on all of the prompt's tokens."""
+        ids, n_prompt = prompt_target_ids(tokenizer, probe.prompt, probe.target)
+        n_prompt = max(n_prompt, 1)
+        return cls(ids, [1] * n_prompt + [0] * (len(ids) - n_prompt), n_prompt)
+
+
+@dataclass
 class Scored:
-    """One probe's teacher-forced argmax per target token, the mean NLL of its target tokens (how far
+    """One row's teacher-forced argmax per answer token, the mean NLL of its answer tokens (how far
     from right a wrong answer is), and the edit it was routed to."""
 
     predicted: list[int]
     expected: list[int]
     nll: float
     route: dict | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Whether every answer token is the greedy choice: greedy generation starts with the answer."""
+        return self.predicted == self.expected
 
 
 def token_accuracy(predicted: Sequence[int], expected: Sequence[int]) -> float:
@@ -92,29 +114,31 @@ class Scorer:
         self.device = input_device(model)
         self.on_batch: Callable[[int], None] = lambda rows: None
 
-    @torch.no_grad()
     def teacher_forced(self, probes: list[Probe], edited: bool = True) -> list[Scored]:
+        """Each probe scored as `prompt + " " + target` (Row.of)."""
+        return self.score([Row.of(self.tokenizer, p) for p in probes], edited)
+
+    @torch.no_grad()
+    def score(self, rows: list[Row], edited: bool = True) -> list[Scored]:
+        """Each row scored on its answer tokens, routed from its `route` tokens (`edited`), or on
+        the base model alone."""
         results: list[Scored] = []
-        for start in range(0, len(probes), self.batch_size):
-            chunk = probes[start : start + self.batch_size]
-            encoded = [prompt_target_ids(self.tokenizer, p.prompt, p.target) for p in chunk]
-            batch = pad_left([ids for ids, _ in encoded], self.tokenizer.pad_token_id, self.device)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            batch = pad_left([r.ids for r in chunk], self.tokenizer.pad_token_id, self.device)
             width = batch["input_ids"].shape[1]
-            starts = [width - len(ids) for ids, _ in encoded]
-            answer_starts = [s + max(n, 1) for s, (_, n) in zip(starts, encoded)]
-            prompt_mask = batch["attention_mask"].clone()
-            for row, answer_start in enumerate(answer_starts):
-                prompt_mask[row, answer_start:] = 0
             if edited:
-                with self.wrapper.routing_from(prompt_mask):
-                    logits = self.model(**batch, use_cache=False).logits
+                route = pad_left([r.route for r in chunk], 0, self.device)["input_ids"]
+                with self.wrapper.routing_from(route):
+                    logits = self.model(**batch, use_cache=False).logits  # [rows, width, vocab]
                 routes: list[dict | None] = list(self.wrapper.describe_routes())
             else:
                 with self.wrapper.bypassed():
                     logits = self.model(**batch, use_cache=False).logits
                 routes = [None] * len(chunk)
             argmax = logits.argmax(dim=-1).cpu()
-            for row, answer_start in enumerate(answer_starts):
+            for row, item in enumerate(chunk):
+                answer_start = width - len(item.ids) + item.answer_start
                 predicted = argmax[row, answer_start - 1 : width - 1].tolist()
                 expected = batch["input_ids"][row, answer_start:]
                 nll = F.cross_entropy(logits[row, answer_start - 1 : width - 1].float(), expected).item()

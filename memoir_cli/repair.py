@@ -26,12 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .batching import pad_left, prompt_target_ids
 from .chat import chat_answer_ids, chat_prompt, conversation
 from .editor import Editor, EditResult, editing
 from .errors import BadInputError
+from .evaluate import Probe, Row, Scorer
 from .facts import Fact
 from .history import ModelLoader, edit_record, replay_info, weight_change
 from .store import WriteOptions, commit, load_pack, protection_cache, writing
@@ -44,14 +42,11 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class Asked:
-    """One edit's question, in one form, ready to score: the row's token ids, the tokens routing
-    reads (1) and where the answer's tokens start."""
+    """One edit's question, in one form, as a row to score."""
 
     edit_id: str
     form: str  # QUESTION or CHAT
-    ids: list[int]
-    route: list[int]
-    answer_start: int
+    row: Row
 
 
 @dataclass
@@ -73,46 +68,39 @@ def questions(editor: Editor, facts: list[Fact]) -> list[Asked]:
     tokenizer = editor.tokenizer
     asked = []
     for fact in facts:
-        ids, n_prompt = prompt_target_ids(tokenizer, fact.prompt, fact.target)
-        n_prompt = max(n_prompt, 1)
-        asked.append(Asked(fact.id, QUESTION, ids, [1] * n_prompt + [0] * (len(ids) - n_prompt), n_prompt))
+        asked.append(Asked(fact.id, QUESTION, Row.of(tokenizer, Probe(fact.prompt, fact.target))))
         if editor.settings.chat:
             messages = conversation(fact.prompt)
             prompt = chat_prompt(tokenizer, messages)
             answer = chat_answer_ids(tokenizer, messages, fact.target)[:-1]  # without the end-of-turn token
-            route = prompt.route_mask() + [0] * len(answer)
-            asked.append(Asked(fact.id, CHAT, prompt.ids + answer, route, len(prompt.ids)))
+            row = Row(prompt.ids + answer, prompt.route_mask() + [0] * len(answer), len(prompt.ids))
+            asked.append(Asked(fact.id, CHAT, row))
     return asked
 
 
-@torch.no_grad()
 def check(editor: Editor, batch_size: int = 16, on_progress: Progress | None = None) -> tuple[int, list[Forgotten]]:
     """How many active edits were checked, and those forgotten (see the module docstring)."""
     facts = editor.pack.active_facts()
     asked = questions(editor, facts)
+    scorer = Scorer(editor.model, editor.tokenizer, editor.wrapper, batch_size)
+    if on_progress:
+        done = 0
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            on_progress(done, len(asked))
+
+        scorer.on_batch = advance
     failed: dict[str, Forgotten] = {}
-    pad_id = editor.tokenizer.pad_token_id
-    for start in range(0, len(asked), batch_size):
-        chunk = asked[start : start + batch_size]
-        batch = pad_left([a.ids for a in chunk], pad_id, editor.device)
-        route = pad_left([a.route for a in chunk], 0, editor.device)["input_ids"]
-        with editor.wrapper.routing_from(route):
-            logits = editor.model(**batch, use_cache=False).logits  # [rows, width, vocab]
-        routes = editor.wrapper.describe_routes()
-        width = batch["input_ids"].shape[1]
-        argmax = logits.argmax(dim=-1).cpu()
-        for row, item in enumerate(chunk):
-            answer_start = width - len(item.ids) + item.answer_start
-            predicted = argmax[row, answer_start - 1 : width - 1].tolist()
-            routed_to = routes[row]["edit_id"]
-            if predicted == item.ids[item.answer_start :] and routed_to == item.edit_id:
-                continue
-            entry = failed.setdefault(item.edit_id, Forgotten(item.edit_id, []))
-            entry.forms.append(item.form)
-            if routed_to != item.edit_id:
-                entry.reached, entry.routed_to = False, routed_to
-        if on_progress:
-            on_progress(start + len(chunk), len(asked))
+    for item, scored in zip(asked, scorer.score([a.row for a in asked])):
+        routed_to = scored.route["edit_id"] if scored.route else None
+        if scored.greedy and routed_to == item.edit_id:
+            continue
+        entry = failed.setdefault(item.edit_id, Forgotten(item.edit_id, []))
+        entry.forms.append(item.form)
+        if routed_to != item.edit_id:
+            entry.reached, entry.routed_to = False, routed_to
     order = {fact.id: n for n, fact in enumerate(facts)}
     return len(facts), sorted(failed.values(), key=lambda f: order[f.edit_id])
 
