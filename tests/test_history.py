@@ -204,7 +204,7 @@ def test_a_long_run_commits_a_checkpoint_version_every_50_facts_by_default(tmp_p
     ]
 
 
-def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path):
+def test_writing_commands_on_a_missing_pack_name_it_draw_no_progress_and_create_nothing(tmp_path):
     missing = tmp_path / "nowhere" / "pack"
     for args in (
         ["rollback", missing, "--to", 1],
@@ -216,6 +216,7 @@ def test_writing_commands_on_a_missing_pack_name_it_and_create_nothing(tmp_path)
     ):
         result = run(*args)
         assert result.exit_code == 3 and "no such pack" in result.stderr
+        assert "questions checked" not in result.stderr  # no progress bar for work that never began
     assert list(tmp_path.iterdir()) == []
     result = run("pull", "not-a-repo-id")
     assert result.exit_code == 2 and "not a Hub repo id" in result.stderr

@@ -150,15 +150,21 @@ class edit_progress:
 
 @contextmanager
 def repair_progress(enabled: bool) -> Iterator[dict]:
-    """Two bars fed by repair_pack: questions checked, and forgotten edits refitted (per round)."""
+    """Two bars fed by repair_pack: questions checked, and forgotten edits refitted (per round).
+    Each appears with its first report, so a pack that fails to open leaves no empty bars."""
     progress = progress_bar("repair", enabled, TextColumn("{task.description}"))
-    checks = progress.add_task("questions checked", total=None)
-    refits = progress.add_task("edits refitted", total=None)
+    tasks: dict[str, TaskID] = {}
+
+    def bar(name: str) -> Callable[[int, int], None]:
+        def update(done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total)
+            progress.update(tasks[name], completed=done, total=total)
+
+        return update
+
     with progress:
-        yield {
-            "on_check": lambda done, total: progress.update(checks, completed=done, total=total),
-            "on_refit": lambda done, total: progress.update(refits, completed=done, total=total),
-        }
+        yield {"on_check": bar("questions checked"), "on_refit": bar("edits refitted")}
 
 
 @contextmanager
