@@ -13,8 +13,12 @@ asked through the chat template, each with its repetition rate (the target twice
 answer); the share of questions asked with a system prompt after two earlier turns that reach the
 edit the bare question reaches ("same route"); then the share of records whose subject has another target among the
 first T ("contested"), and Gen over the agreed (GenA) and the contested (GenC) records; and how
-hard the edits were to fit: seconds per edit, optimiser steps per edit and the share of edits that
-met the stop rule before the last step.
+hard the edits were to fit: seconds per edit (the fits' median, and the whole runs' per edit, with
+calibration, commits and any repairs), optimiser steps per edit and the share of edits that met the
+stop rule before the last step.
+
+With --repair-rounds N, each chunk is followed by `memoir repair --rounds N`, as a nightly refresh
+with MEMOIR_REPAIR_ROUNDS does; the repair reads only the edits' own questions and targets.
 
 One sequential run to the largest T passes through the smaller ones; the pack is copied at each T
 and the copies are scored. Editing commits every --chunk facts and a rerun skips the facts already
@@ -38,8 +42,9 @@ import torch
 
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
+from memoir_cli.repair import repair_pack
 from memoir_cli.session import Session
-from memoir_cli.store import load_pack
+from memoir_cli.store import WriteOptions, load_pack
 from memoir_cli.workflows import EditOptions, edit_pack, model_spec_for
 
 ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
@@ -57,18 +62,27 @@ def method_options(method: str) -> EditOptions:
     raise SystemExit(f"unknown method {method!r}")
 
 
-def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> list[dict]:
+def run_edits(
+    method: str, facts, sizes: list[int], work: Path, chunk: int, repair_rounds: int = 0
+) -> tuple[list[dict], list[dict]]:
     """Edit facts[:max(sizes)] into work/method/pack, snapshotting at each size; returns each edit's
-    seconds, steps and whether it met the stop rule (None where a previous run committed it unrecorded).
+    seconds, steps and whether it met the stop rule (None where a previous run committed it
+    unrecorded), and each chunk's wall time, with its repair's when `repair_rounds` > 0: after each
+    chunk, `memoir repair --rounds repair_rounds`, as a nightly refresh with MEMOIR_REPAIR_ROUNDS.
     The model is loaded once, not once per chunk (a GGUF file is dequantised at every load)."""
     folder = work / method
     folder.mkdir(parents=True, exist_ok=True)
     progress_file, older_file = folder / "edits.json", folder / "seconds.json"  # seconds.json: before steps
+    chunks_file = folder / "chunks.json"
     edits: list[dict] = []
     if progress_file.exists():
         edits = json.loads(progress_file.read_text())
     elif older_file.exists():
         edits = [{"seconds": s, "steps": None, "converged": None} for s in json.loads(older_file.read_text())]
+    run = json.loads(chunks_file.read_text()) if chunks_file.exists() else {"repair_rounds": 0, "chunks": []}
+    if edits and run["repair_rounds"] != repair_rounds:  # one pack, one procedure
+        raise SystemExit(f"{folder} was edited with --repair-rounds {run['repair_rounds']}, not {repair_rounds}")
+    run["repair_rounds"] = repair_rounds
     pack = folder / "pack"
     loaded = None
     for size in sorted(sizes):
@@ -76,28 +90,53 @@ def run_edits(method: str, facts, sizes: list[int], work: Path, chunk: int) -> l
             batch = facts[len(edits) : min(size, len(edits) + chunk)]
             loaded = loaded or load_model(model_spec_for(load_pack(pack)) if pack.exists() else None)
             summary = edit_pack(batch, pack, loaded, method_options(method))  # a resumed pack checks its fixed ones
+            done = {"start": len(edits), "seconds": summary.seconds}
             if summary.plan.skipped:  # a previous run committed these facts but not their records
                 edits.extend({"seconds": float("nan"), "steps": None, "converged": None} for _ in summary.plan.skipped)
             edits.extend({"seconds": r.seconds, "steps": r.steps, "converged": r.converged} for r in summary.results)
+            line = f"[{method}] {len(edits)}/{max(sizes)} edits, last chunk {summary.seconds:.0f} s"
+            if repair_rounds:
+                repaired = repair_pack(pack, lambda _pack, model=loaded: model, WriteOptions("zsre.py"), repair_rounds)
+                done["repair"] = {
+                    key: repaired.to_json()[key] for key in ("seconds", "forgotten", "refitted", "still_forgotten")
+                }
+                line += (
+                    f", repair {repaired.seconds:.0f} s: {len(repaired.forgotten)} forgotten, "
+                    f"{len(repaired.refits)} refits, {len(repaired.still_forgotten)} still forgotten"
+                )
+            run["chunks"].append(dict(done, end=len(edits)))
             progress_file.write_text(json.dumps(edits))
-            print(f"[{method}] {len(edits)}/{max(sizes)} edits, last chunk {summary.seconds:.0f} s", flush=True)
+            chunks_file.write_text(json.dumps(run))
+            print(line, flush=True)
         snapshot = folder / f"T{size}"
         if not snapshot.exists():
             shutil.copytree(pack, snapshot)
-    return edits
+    return edits, run["chunks"]
 
 
-def _effort(edits: list[dict]) -> dict:
+def _effort(edits: list[dict], chunks: list[dict]) -> dict:
     """Seconds per edit (mean, median), steps per edit and the share that met the stop rule, over
-    the edits whose record exists."""
+    the edits whose record exists; and over the chunks this folder recorded, the whole runs'
+    seconds per edit (calibration, commits and repairs included) and what the repairs did."""
     timed = [e["seconds"] for e in edits if e["seconds"] == e["seconds"]]
     stepped = [e for e in edits if e["steps"] is not None]
-    return {
+    effort = {
         "seconds_per_edit": sum(timed) / len(timed) if timed else None,
         "median_seconds_per_edit": statistics.median(timed) if timed else None,
         "steps_per_edit": sum(e["steps"] for e in stepped) / len(stepped) if stepped else None,
         "stopped_share": sum(e["converged"] for e in stepped) / len(stepped) if stepped else None,
     }
+    runs = [c for c in chunks if c["end"] <= len(edits)]
+    if runs:
+        repairs = [c["repair"] for c in runs if "repair" in c]
+        wall = sum(c["seconds"] + c.get("repair", {}).get("seconds", 0.0) for c in runs)
+        effort["wall_seconds_per_edit"] = wall / (runs[-1]["end"] - runs[0]["start"])
+        effort["wall_edits"] = [runs[0]["start"], runs[-1]["end"]]  # the edits that figure covers
+        if repairs:
+            effort["repair_seconds"] = sum(r["seconds"] for r in repairs)
+            effort["repair_forgotten"] = sum(len(r["forgotten"]) for r in repairs)
+            effort["repair_refits"] = sum(len(r["refitted"]) for r in repairs)
+    return effort
 
 
 def score(method: str, size: int, facts, work: Path, baseline: bool) -> dict:
@@ -223,7 +262,15 @@ def main() -> None:
     parser.add_argument(
         "--mixed-precision", choices=["auto", "no", "bf16"], help="training passes in bf16 (default: auto)"
     )
+    parser.add_argument(
+        "--repair-rounds",
+        type=int,
+        default=0,
+        help="after each chunk, repair forgotten edits with this many rounds, as a nightly refresh (default: none)",
+    )
     args = parser.parse_args()
+    if args.repair_rounds < 0:
+        parser.error("--repair-rounds must be 0 or more")
     keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap", "protect")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     numeric = dict(SETTINGS)
@@ -255,7 +302,7 @@ def main() -> None:
         args.t = sorted({min(size, len(facts)) for size in args.t})
     rows = []
     for method in args.methods:
-        edits = run_edits(method, facts, args.t, args.work, args.chunk)
+        edits, chunks = run_edits(method, facts, args.t, args.work, args.chunk, args.repair_rounds)
         for size in sorted(args.t):
             result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
             generated = {f"generated_{key}": value for key, value in result["generate"].items()}
@@ -268,7 +315,7 @@ def main() -> None:
                 "same_route": result["same_route"],
                 "routing": result["routing"],
                 **_gen_split(facts[:size], result["per_record"]),
-                **_effort(edits[:size]),
+                **_effort(edits[:size], chunks),
             }
             rows.append(row)
             if "baseline" in result:
@@ -297,21 +344,21 @@ def main() -> None:
         "same_subject": "subj",
     }
     header = " | ".join(f"{title:^{6 * len(keys) - 1}}" for title, keys in groups.items())
-    print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6} | {'steps':>5} | {'stop':>5}")
+    print(f"\n{'':>15} | {header} | {'route':>5} | {'s/edit':>6} | {'s/edit':>6} | {'steps':>5} | {'stop':>5}")
     labels = " | ".join(
         " ".join(f"{names.get(k, k.rsplit('_', 1)[-1][:5].capitalize()):>5}" for k in keys) for keys in groups.values()
     )
-    print(f"{'T':>5} {'method':>9} | {labels} | {'same':>5} | {'median':>6} | {'mean':>5} | {'share':>5}")
+    print(f"{'T':>5} {'method':>9} | {labels} | {'same':>5} | {'median':>6} | {'wall':>6} | {'mean':>5} | {'share':>5}")
     for row in sorted(rows, key=lambda r: (r["T"], r["method"])):
         cells = " | ".join(
             " ".join(f"{row[k]:>5.2f}" if row.get(k) is not None else f"{'-':>5}" for k in keys)
             for keys in groups.values()
         )
         same = row.get("same_route", {}).get("vs_bare")
-        effort = (row.get(key) for key in ("median_seconds_per_edit", "steps_per_edit", "stopped_share"))
-        median_cell, steps_cell, stop_cell = ("-" if v is None else f"{v:.2f}" for v in effort)
+        effort = ("median_seconds_per_edit", "wall_seconds_per_edit", "steps_per_edit", "stopped_share")
+        median_cell, wall_cell, steps_cell, stop_cell = ("-" if row.get(k) is None else f"{row[k]:.2f}" for k in effort)
         same_cell = "-" if same is None else f"{same:.2f}"
-        effort_cells = f"{median_cell:>6} | {steps_cell:>5} | {stop_cell:>5}"
+        effort_cells = f"{median_cell:>6} | {wall_cell:>6} | {steps_cell:>5} | {stop_cell:>5}"
         print(f"{row['T']:>5} {row['method']:>9} | {cells} | {same_cell:>5} | {effort_cells}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -320,6 +367,7 @@ def main() -> None:
                 "benchmark": "zsre",
                 "date": time.strftime("%Y-%m-%d"),
                 "settings": SETTINGS,
+                "repair_rounds": args.repair_rounds,
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
                 "versions": {
                     name: metadata.version(name) for name in ("torch", "transformers", "huggingface-hub", "memoir-cli")
