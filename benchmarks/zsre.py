@@ -200,11 +200,52 @@ def contested_records(facts) -> list[bool]:
     return [len(targets[fact.subject]) > 1 for fact in facts]
 
 
+def gen_ceilings(facts) -> dict:
+    """The most Gen (share of rephrasings answered with their own target) that any model could
+    score on these records while answering each edited prompt right, under two views of what a
+    rephrasing means.
+
+    - exact_text: one answer per rephrasing text (case and spacing aside), and a rephrasing that is
+      another record's prompt gets that record's target;
+    - one_answer_per_subject: one answer per subject, as a model that answers by meaning gives when
+      a subject's records ask one question in other words with other targets (most contested
+      subjects do: "What river does La Crosse Rail Bridge cross?" -> Ohio River, "Over what river
+      does La Crosse Rail Bridge cross?" -> Crosse Creek, each the other's rephrasing).
+    """
+
+    def text(s: str) -> str:
+        return " ".join(s.lower().split())
+
+    prompt_targets: dict[str, set[str]] = {}
+    asked: dict[str, list[str]] = {}
+    by_subject: dict[str, list[str]] = {}
+    for fact in facts:
+        prompt_targets.setdefault(text(fact.prompt), set()).add(fact.target.strip())
+        for rephrase in fact.rephrases:
+            asked.setdefault(text(rephrase), []).append(fact.target.strip())
+            by_subject.setdefault(fact.subject, []).append(fact.target.strip())
+
+    def best(targets: list[str], forced: set[str] | None = None) -> int:
+        """How many of `targets` one answer gets right (the answer forced when it is one record's)."""
+        if forced is not None and len(forced) == 1:
+            return targets.count(next(iter(forced)))
+        return max(targets.count(t) for t in set(targets))
+
+    rephrasings = sum(len(targets) for targets in asked.values())
+    exact = sum(best(targets, prompt_targets.get(t)) for t, targets in asked.items())
+    per_subject = sum(best(targets) for targets in by_subject.values())
+    return {
+        "exact_text": exact / rephrasings if rephrasings else None,
+        "one_answer_per_subject": per_subject / rephrasings if rephrasings else None,
+    }
+
+
 def _gen_split(facts, per_record: list[dict]) -> dict:
     """Share of contested records; Gen over the agreed and the contested records, teacher-forced
     (gen_agreed, gen_contested) and WILD in each context (question_gen_agreed, chat_gen_contested,
     ...); and where their rephrasings are routed: to the record's own edit (own_agreed,
-    own_contested), and to an edit about the same subject (same_subject, all records). A contested
+    own_contested), and to an edit about the same subject (same_subject, all records); and the
+    ceilings the records themselves put on Gen (gen_ceilings). A contested
     rephrasing that reaches a sibling's edit is routed as well as its words allow."""
     contested = contested_records(facts)
     subject = {fact.id: fact.subject for fact in facts}
@@ -230,6 +271,7 @@ def _gen_split(facts, per_record: list[dict]) -> dict:
         split[f"{prefix}gen_agreed"], split[f"{prefix}gen_contested"] = mean(False, score), mean(True, score)
     split["own_agreed"], split["own_contested"] = (mean(flag, lambda r: routed(r, False)) for flag in (False, True))
     split["same_subject"] = mean(None, lambda r: routed(r, True))
+    split["gen_ceiling"] = gen_ceilings(facts)
     return split
 
 
@@ -360,6 +402,12 @@ def main() -> None:
         same_cell = "-" if same is None else f"{same:.2f}"
         effort_cells = f"{median_cell:>6} | {wall_cell:>6} | {steps_cell:>5} | {stop_cell:>5}"
         print(f"{row['T']:>5} {row['method']:>9} | {cells} | {same_cell:>5} | {effort_cells}")
+    for size in sorted(args.t):
+        ceiling = gen_ceilings(facts[:size])
+        print(
+            f"T = {size}: Gen can reach at most {ceiling['exact_text']:.3f} (one answer per rephrasing text), "
+            f"{ceiling['one_answer_per_subject']:.3f} (one answer per subject)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
