@@ -97,9 +97,8 @@ def run_edits(
             line = f"[{method}] {len(edits)}/{max(sizes)} edits, last chunk {summary.seconds:.0f} s"
             if repair_rounds:
                 repaired = repair_pack(pack, lambda _pack, model=loaded: model, WriteOptions("zsre.py"), repair_rounds)
-                done["repair"] = {
-                    key: repaired.to_json()[key] for key in ("seconds", "forgotten", "refitted", "still_forgotten")
-                }
+                found = repaired.to_json()
+                done["repair"] = {key: found[key] for key in ("seconds", "forgotten", "refitted", "still_forgotten")}
                 line += (
                     f", repair {repaired.seconds:.0f} s: {len(repaired.forgotten)} forgotten, "
                     f"{len(repaired.refits)} refits, {len(repaired.still_forgotten)} still forgotten"
@@ -402,8 +401,7 @@ def main() -> None:
         same_cell = "-" if same is None else f"{same:.2f}"
         effort_cells = f"{median_cell:>6} | {wall_cell:>6} | {steps_cell:>5} | {stop_cell:>5}"
         print(f"{row['T']:>5} {row['method']:>9} | {cells} | {same_cell:>5} | {effort_cells}")
-    for size in sorted(args.t):
-        ceiling = gen_ceilings(facts[:size])
+    for size, ceiling in sorted({row["T"]: row["gen_ceiling"] for row in rows if "gen_ceiling" in row}.items()):
         print(
             f"T = {size}: Gen can reach at most {ceiling['exact_text']:.3f} (one answer per rephrasing text), "
             f"{ceiling['one_answer_per_subject']:.3f} (one answer per subject)"
