@@ -103,7 +103,20 @@ def quartiles(values: Sequence[float]) -> dict | None:
 
 
 Progress = Callable[[int, int], None]
-"""Called with (sequences done, sequences in all) as scoring goes: a long eval shows where it is."""
+"""Called with (done, in all) as long work goes (sequences scored, questions checked, edits
+refitted): a long run shows where it is."""
+
+
+class Tally:
+    """Work done towards a total known before it starts, each step reported to `on_progress`:
+    a Scorer's `on_batch`, or a loop's step."""
+
+    def __init__(self, total: int, on_progress: Progress) -> None:
+        self.done, self.total, self.on_progress = 0, total, on_progress
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        self.on_progress(self.done, self.total)
 
 
 class Scorer:
@@ -286,12 +299,7 @@ def _metered(
         + ((n_rel + n_gen) * (1 + wild_contexts) if baseline else 0)
         + (n_rel + n_gen + 2 * n_loc) * (int(check_generation) + wild_contexts)
     )
-    done = 0
-
-    def advance(rows: int) -> None:
-        nonlocal done
-        done += rows
-        on_progress(done, total)
+    advance = Tally(total, on_progress)
 
     def generate_in_batches(
         prompts: list[str], max_new_tokens: int, edited: bool, asking: Asking | None = None

@@ -22,22 +22,18 @@ reproduces it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chat import chat_answer_ids, chat_prompt, conversation
 from .editor import Editor, EditResult, editing
 from .errors import BadInputError
-from .evaluate import Probe, Row, Scorer
+from .evaluate import Probe, Progress, Row, Scorer, Tally
 from .facts import Fact
 from .history import ModelLoader, edit_record, replay_info, weight_change
 from .store import WriteOptions, commit, load_pack, protection_cache, writing
 
 QUESTION, CHAT = "question", "chat"
-
-Progress = Callable[[int, int], None]
-"""Called with (done, in all): questions checked, or forgotten edits refitted in this round."""
 
 
 @dataclass
@@ -84,14 +80,7 @@ def check(editor: Editor, batch_size: int = 16, on_progress: Progress | None = N
     asked = questions(editor, facts)
     scorer = Scorer(editor.model, editor.tokenizer, editor.wrapper, batch_size)
     if on_progress:
-        done = 0
-
-        def advance(rows: int) -> None:
-            nonlocal done
-            done += rows
-            on_progress(done, len(asked))
-
-        scorer.on_batch = advance
+        scorer.on_batch = Tally(len(asked), on_progress)
     failed: dict[str, Forgotten] = {}
     for item, scored in zip(asked, scorer.score([a.row for a in asked])):
         routed_to = scored.route["edit_id"] if scored.route else None
