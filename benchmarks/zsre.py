@@ -309,6 +309,12 @@ def main() -> None:
         default=0,
         help="after each chunk, repair forgotten edits with this many rounds, as a nightly refresh (default: none)",
     )
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the unedited model beside the first method (default: yes; its scores do not depend on the edits)",
+    )
     args = parser.parse_args()
     if args.repair_rounds < 0:
         parser.error("--repair-rounds must be 0 or more")
@@ -345,7 +351,7 @@ def main() -> None:
     for method in args.methods:
         edits, chunks = run_edits(method, facts, args.t, args.work, args.chunk, args.repair_rounds)
         for size in sorted(args.t):
-            result = score(method, size, facts, args.work, baseline=(method == args.methods[0]))
+            result = score(method, size, facts, args.work, baseline=args.baseline and method == args.methods[0])
             generated = {f"generated_{key}": value for key, value in result["generate"].items()}
             row = {
                 "T": size,
