@@ -16,7 +16,10 @@
 #   MEMOIR_MIN_REL     lowest acceptable reliability     (default: 0.90)
 #   MEMOIR_MIN_LOC     lowest acceptable locality        (default: 0.95)
 #   MEMOIR_REPAIR_ROUNDS  after editing, refit the edits whose own question lost its answer, up to
-#                      this many rounds (memoir repair), before scoring (default: 0, no repair)
+#                      this many rounds (memoir repair), before scoring (default: 1; 0: no repair).
+#                      Without it a growing pack forgets: at 998 ZsRE edits 0.90 reliability
+#                      (teacher-forced), the bar's edge; repaired each night, 0.99 at 750
+#                      (docs/BENCHMARKS.md, "A nightly refresh with repair")
 #   MEMOIR_HUB_REPO    Hub repo to pull from (when PACK is missing) and push kept versions to
 #                      (default: local only); HF_TOKEN and HF_ENDPOINT as for any Hugging Face tool
 #
@@ -68,7 +71,7 @@ fi
 say "edited $(field "$WORK/edit.json" '["edited"]') fact(s), replaced $(field "$WORK/edit.json" '["replaced"]')," \
     "skipped $(field "$WORK/edit.json" '["skipped"]')"
 
-rounds=${MEMOIR_REPAIR_ROUNDS:-0}
+rounds=${MEMOIR_REPAIR_ROUNDS:-1}
 if (( rounds > 0 )); then
     memoir repair "$PACK" --rounds "$rounds" --message "nightly repair $TODAY" --json > "$WORK/repair.json"
     say "repair: $("$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])); print(len(r["forgotten"]), "of", r["checked"], "edits forgotten,", len(r["refitted"]), "refit(s),", len(r["still_forgotten"]), "still forgotten")' "$WORK/repair.json")"
