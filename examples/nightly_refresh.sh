@@ -23,7 +23,7 @@
 #   MEMOIR_HUB_REPO    Hub repo to pull from (when PACK is missing) and push kept versions to
 #                      (default: local only); HF_TOKEN and HF_ENDPOINT as for any Hugging Face tool
 #
-# Exit codes: 0 refreshed (or nothing new), 2 bad facts file (the pack is untouched), 5 another
+# Exit codes: 0 refreshed (or nothing new), 2 bad facts file or setting (the pack is untouched), 5 another
 # refresh is running, 6 the Hub failed, 10 quality below the bar (the pack was rolled back and
 # nothing was pushed), others: memoir's own.
 set -euo pipefail
@@ -32,6 +32,11 @@ FACTS=${1:?usage: nightly_refresh.sh FACTS.jsonl}
 PACK=${MEMOIR_PACK:-packs/knowledge}
 MIN_REL=${MEMOIR_MIN_REL:-0.90}
 MIN_LOC=${MEMOIR_MIN_LOC:-0.95}
+ROUNDS=${MEMOIR_REPAIR_ROUNDS:-1}
+if [[ ! $ROUNDS =~ ^[0-9]+$ ]]; then
+    echo "nightly_refresh.sh: MEMOIR_REPAIR_ROUNDS must be a whole number (0: no repair), not '$ROUNDS'" >&2
+    exit 2
+fi
 PYTHON=${PYTHON:-python3}
 TODAY=$(date -u +%F)
 WORK=$(mktemp -d)
@@ -71,9 +76,8 @@ fi
 say "edited $(field "$WORK/edit.json" '["edited"]') fact(s), replaced $(field "$WORK/edit.json" '["replaced"]')," \
     "skipped $(field "$WORK/edit.json" '["skipped"]')"
 
-rounds=${MEMOIR_REPAIR_ROUNDS:-1}
-if (( rounds > 0 )); then
-    memoir repair "$PACK" --rounds "$rounds" --message "nightly repair $TODAY" --json > "$WORK/repair.json"
+if (( ROUNDS > 0 )); then
+    memoir repair "$PACK" --rounds "$ROUNDS" --message "nightly repair $TODAY" --json > "$WORK/repair.json"
     say "repair: $("$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])); print(len(r["forgotten"]), "of", r["checked"], "edits forgotten,", len(r["refitted"]), "refit(s),", len(r["still_forgotten"]), "still forgotten")' "$WORK/repair.json")"
 fi
 

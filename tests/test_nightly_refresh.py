@@ -80,6 +80,15 @@ def test_a_bad_facts_file_exits_2_and_leaves_the_pack_alone(tmp_path, nights, mo
     assert len(log(pack)) == versions
 
 
+def test_a_bad_repair_setting_exits_2_before_the_pack_is_touched(tmp_path, nights, model_dir):
+    pack = tmp_path / "pack"
+    assert refresh(nights[0], pack, model_dir).returncode == 0
+    versions = len(log(pack))
+    result = refresh(nights[1], pack, model_dir, MEMOIR_REPAIR_ROUNDS="two")
+    assert result.returncode == 2 and "MEMOIR_REPAIR_ROUNDS must be a whole number" in result.stderr
+    assert "Traceback" not in result.stderr and len(log(pack)) == versions
+
+
 def test_with_a_hub_repo_the_pack_is_pulled_when_missing_and_kept_versions_are_pushed(tmp_path, nights, model_dir):
     from .fake_hub import FakeHub
 
