@@ -81,6 +81,11 @@ class EditOptions:
     batch_size: int = 1  # facts fitted together (editor.edit_batch); the record's ops say how each was made
 
 
+# The training settings an edit run stores as given (others are resolved first: optimizer,
+# mixed_precision, chat); one list, read by _update_settings and by benchmarks that store settings.
+TRAINING_AS_GIVEN = ("steps", "lr", "rehearse", "rehearse_overlap", "rehearse_chat", "protect")
+
+
 @dataclass
 class EditPlan:
     """What an edit run will do: facts to add (some replacing an active edit), facts to skip."""
@@ -429,7 +434,7 @@ def _update_settings(pack: Pack, options: EditOptions, loaded: LoadedModel) -> b
     if optimizer != training.optimizer:
         training.optimizer = optimizer
         training.lr = default_lr(pack.memory.bank.d_ff, optimizer)  # another optimiser's rate is no rate
-    for key in ("steps", "lr", "rehearse", "rehearse_overlap", "rehearse_chat", "protect"):
+    for key in TRAINING_AS_GIVEN:
         if getattr(options, key) is not None:
             setattr(training, key, getattr(options, key))
     if options.mixed_precision is not None:
