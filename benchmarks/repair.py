@@ -70,11 +70,8 @@ def fresh_copy(pack: Path, copy: Path) -> Path:
     return copy
 
 
-def store_settings(copy: Path, loaded: LoadedModel, name: str, overrides: dict) -> None:
+def store_settings(copy: Path, loaded: LoadedModel, overrides: dict) -> None:
     """Store a variant's training settings in its copy through `memoir edit`'s own path."""
-    unknown = sorted(set(overrides) - STORED_BY_EDIT)
-    if unknown:
-        raise SystemExit(f"variant {name!r}: memoir edit cannot change {', '.join(unknown)}")
     if overrides:
         edit_pack([], copy, loaded, EditOptions(**overrides), write=WRITE)
 
@@ -112,6 +109,10 @@ def main() -> None:
     variants = [parse_variant(v) for v in args.variant or ["after"]]
     if len({name for name, _ in variants} | {"before"}) != len(variants) + 1:
         parser.error("each --variant needs its own name, and none may be called 'before'")
+    for name, overrides in variants:  # checked before the model loads and any copy is made
+        unknown = sorted(set(overrides) - STORED_BY_EDIT)
+        if unknown:
+            parser.error(f"variant {name!r}: memoir edit cannot set {', '.join(unknown)}")
 
     edited = load_pack(args.pack)
     loaded = load_model(model_spec_for(edited))
@@ -119,7 +120,7 @@ def main() -> None:
     for name, overrides in variants:
         print(f"[{name}] {overrides or 'the pack settings'}", flush=True)
         copy = fresh_copy(args.pack, args.work / name)
-        store_settings(copy, loaded, name, overrides)
+        store_settings(copy, loaded, overrides)
         repairs[name] = repaired(copy, loaded, args.rounds) | {"overrides": overrides}
 
     print(f"\n{edited.memory.bank.active.sum().item()} active edits in {args.pack}, {args.rounds} round(s)")
