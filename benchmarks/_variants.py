@@ -17,12 +17,15 @@ def parse_variant(text: str) -> tuple[str, dict]:
         if key not in fields:
             raise SystemExit(f"variant {name!r}: no training setting {key!r}")
         default = fields[key].default
-        if isinstance(default, bool):
-            overrides[key] = value.lower() in ("1", "true", "on", "yes")
-        elif isinstance(default, int):
-            overrides[key] = int(float(value))
-        elif isinstance(default, float):
-            overrides[key] = float(value)
-        else:
-            overrides[key] = value
+        try:
+            if isinstance(default, bool):
+                overrides[key] = value.lower() in ("1", "true", "on", "yes")
+            elif isinstance(default, int):
+                overrides[key] = int(float(value))
+            elif isinstance(default, float):
+                overrides[key] = float(value)
+            else:
+                overrides[key] = value
+        except ValueError:
+            raise SystemExit(f"variant {name!r}: {key} takes a number, not {value!r}") from None
     return name, overrides

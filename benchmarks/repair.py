@@ -28,6 +28,7 @@ from pathlib import Path
 from _environment import environment
 from _variants import parse_variant
 
+from memoir_cli.errors import MemoirError
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import LoadedModel, load_model
 from memoir_cli.repair import repair_pack
@@ -114,7 +115,10 @@ def main() -> None:
         if unknown:
             parser.error(f"variant {name!r}: memoir edit cannot set {', '.join(unknown)}")
 
-    edited = load_pack(args.pack)
+    try:
+        edited = load_pack(args.pack)
+    except MemoirError as error:
+        parser.error(str(error))
     loaded = load_model(model_spec_for(edited))
     repairs = {}
     for name, overrides in variants:
