@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from zsre import ZSRE
 
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.history import log, open_pack
@@ -24,7 +25,6 @@ from memoir_cli.models import load_model
 from memoir_cli.store import load_pack
 from memoir_cli.workflows import EditOptions, edit_pack
 
-ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 LLAMA3_8B = {"d_model": 4096, "d_ff": 14336}  # the edited down-projection's shape
 
 

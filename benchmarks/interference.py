@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from _environment import environment
 from _variants import parse_variant
+from zsre import ZSRE
 
 from memoir_cli.editor import editing
 from memoir_cli.evaluate import Probe, Scorer
@@ -37,8 +38,6 @@ from memoir_cli.facts import Fact, read_zsre_json
 from memoir_cli.history import open_pack
 from memoir_cli.models import load_model
 from memoir_cli.workflows import model_spec_for
-
-ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from _environment import environment
 from _variants import parse_variant
+from zsre import ZSRE
 
 from memoir_cli.errors import MemoirError
 from memoir_cli.facts import read_zsre_json
@@ -36,7 +37,6 @@ from memoir_cli.session import Session
 from memoir_cli.store import WriteOptions, load_pack
 from memoir_cli.workflows import TRAINING_AS_GIVEN, EditOptions, edit_pack, model_spec_for
 
-ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 CONTEXTS = ("question", "chat")
 AGE_BUCKET = 100
 WRITE = WriteOptions("benchmarks/repair.py")

@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from zsre import ZSRE
+
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.session import Session
 from memoir_cli.workflows import EditOptions, edit_pack
-
-ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
 
 
 def evaluate(config: str, facts, max_new_tokens: int) -> dict:
