@@ -241,12 +241,37 @@ def gen_ceilings(facts) -> dict:
     }
 
 
+def own_route_ceiling(facts) -> dict:
+    """The most of these records' rephrasings that any router sending each subject's rephrasings
+    to one edit could route to their own edit: all records, the agreed and the contested ones.
+
+    Why: a router that routes by meaning sees a contested subject's records as one question ("What
+    river does La Crosse Rail Bridge cross?" and "Over what river does La Crosse Rail Bridge
+    cross?", each the other's rephrasing, two edits), so it can send their rephrasings to one of
+    their edits only. Too strict, as gen_ceilings' per-subject view is, where a subject's records
+    ask different questions.
+    """
+    contested = contested_records(facts)
+
+    def ceiling(flag: bool | None) -> float | None:
+        owners: dict[str, list[str]] = {}
+        for fact, c in zip(facts, contested):
+            if flag in (None, c):
+                owners.setdefault(fact.subject, []).extend(fact.id for _ in fact.rephrases)
+        rephrasings = sum(len(ids) for ids in owners.values())
+        best = sum(max(ids.count(i) for i in set(ids)) for ids in owners.values() if ids)
+        return best / rephrasings if rephrasings else None
+
+    return {"all": ceiling(None), "agreed": ceiling(False), "contested": ceiling(True)}
+
+
 def _gen_split(facts, per_record: list[dict]) -> dict:
     """Share of contested records; Gen over the agreed and the contested records, teacher-forced
     (gen_agreed, gen_contested) and WILD in each context (question_gen_agreed, chat_gen_contested,
     ...); and where their rephrasings are routed: to the record's own edit (own_agreed,
     own_contested), and to an edit about the same subject (same_subject, all records); and the
-    ceilings the records themselves put on Gen (gen_ceilings). A contested
+    ceilings the records themselves put on Gen (gen_ceilings) and on routing to the own edit
+    (own_route_ceiling). A contested
     rephrasing that reaches a sibling's edit is routed as well as its words allow."""
     contested = contested_records(facts)
     subject = {fact.id: fact.subject for fact in facts}
@@ -273,6 +298,7 @@ def _gen_split(facts, per_record: list[dict]) -> dict:
     split["own_agreed"], split["own_contested"] = (mean(flag, lambda r: routed(r, False)) for flag in (False, True))
     split["same_subject"] = mean(None, lambda r: routed(r, True))
     split["gen_ceiling"] = gen_ceilings(facts)
+    split["own_route_ceiling"] = own_route_ceiling(facts)
     return split
 
 
@@ -414,6 +440,11 @@ def main() -> None:
             f"T = {size}: Gen can reach at most {ceiling['exact_text']:.3f} (one answer per rephrasing text), "
             f"{ceiling['one_answer_per_subject']:.3f} (one answer per subject)"
         )
+    for size, route in sorted(
+        {row["T"]: row["own_route_ceiling"] for row in rows if "own_route_ceiling" in row}.items()
+    ):
+        shares = ", ".join(f"{group} {value:.3f}" for group, value in route.items() if value is not None)
+        print(f"T = {size}: rephrasings can reach their own edit at most ({shares}) with one route per subject")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
