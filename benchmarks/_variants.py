@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
+import typing
 
 from memoir_cli.config import TrainingConfig
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """`name=field:value,field:value` (values typed as the TrainingConfig field's default)."""
+    """`name=field:value,field:value` (values typed as the TrainingConfig field is: `int | None`
+    takes an int)."""
     name, _, body = text.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    types = {key: set(typing.get_args(hint)) or {hint} for key, hint in typing.get_type_hints(TrainingConfig).items()}
     overrides: dict = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition(":")
-        if key not in fields:
+        if key not in types:
             raise SystemExit(f"variant {name!r}: no training setting {key!r}")
-        default = fields[key].default
         try:
-            if isinstance(default, bool):
+            if bool in types[key]:
                 overrides[key] = value.lower() in ("1", "true", "on", "yes")
-            elif isinstance(default, int):
+            elif int in types[key]:
                 overrides[key] = int(float(value))
-            elif isinstance(default, float):
+            elif float in types[key]:
                 overrides[key] = float(value)
             else:
                 overrides[key] = value

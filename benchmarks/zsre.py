@@ -319,6 +319,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, help="routing threshold tau (default: the editor's default)")
     parser.add_argument("--steps", type=int, help="steps per fact (default: the editor's default)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
+    parser.add_argument("--prefixed", type=int, help="prefixed copies per fact (default: all of the pack's prefixes)")
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
     parser.add_argument("--protect", type=float, help="damping along earlier edits' directions (default: the editor's)")
@@ -346,7 +347,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repair_rounds < 0:
         parser.error("--repair-rounds must be 0 or more")
-    keys = ("layer", "top_k", "threshold", "steps", "lr", "rehearse", "rehearse_overlap", "protect")
+    keys = ("layer", "top_k", "threshold", "steps", "lr", "prefixed", "rehearse", "rehearse_overlap", "protect")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     numeric = dict(SETTINGS)
     if args.chat:
@@ -361,6 +362,7 @@ def main() -> None:
         "threshold": (0, 1),
         "steps": (1, None),
         "lr": (1e-12, None),
+        "prefixed": (0, None),
         "rehearse": (0, None),
         "rehearse_overlap": (0, 1),
         "protect": (0, None),

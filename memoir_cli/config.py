@@ -87,6 +87,12 @@ class TrainingConfig:
     stop_delta: float = setting(
         1e-4, "...and moved at most this since the step before (a new pack: 0.01, with adam: docs/BENCHMARKS.md)."
     )
+    prefixed: int | None = setting(
+        None,
+        "How many of the pack's 10 training prefixes each fact is trained behind (none: all, the paper's augmented "
+        "batch). A chat pack puts its first five before the bare question and uses its last five as system "
+        "prompts; N takes the first ceil(N/2) and floor(N/2) of them. Fewer rows make each optimiser step cheaper.",
+    )
     rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
     rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
     end_answer: bool = setting(
@@ -283,6 +289,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
                 "optimizer",
                 "lr",
                 "stop_delta",
+                "prefixed",
                 "rehearse",
                 "rehearse_overlap",
                 "protect",

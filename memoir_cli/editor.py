@@ -164,8 +164,17 @@ class Editor:
         return self.pack.manifest.prefixes
 
     def prefix_roles(self) -> tuple[list[str], list[str]]:
-        """The prefixes that go before the bare question, and those that a chat pack uses as system
-        prompts (the second half of them)."""
+        """The prefixes a fact is trained behind (`training.prefixed` of them): those that go before
+        the bare question, and those that a chat pack uses as system prompts (from the second half)."""
+        bare, systems = self.all_prefix_roles()
+        used = len(self.prefixes) if self.settings.prefixed is None else self.settings.prefixed
+        if not self.settings.chat:
+            return bare[:used], []
+        return bare[: (used + 1) // 2], systems[: used // 2]
+
+    def all_prefix_roles(self) -> tuple[list[str], list[str]]:
+        """Every prefix in its role: before the bare question, or (the second half, in a chat pack)
+        as a system prompt, trained or not; the routing keys come from the latter."""
         if not self.settings.chat:
             return self.prefixes, []
         half = (len(self.prefixes) + 1) // 2
@@ -192,14 +201,15 @@ class Editor:
 
     def key_masks(self, prompt: str) -> torch.Tensor:
         """A fact's further routing keys [m, d_ff] (routing.extra_keys; only in a chat pack): its bare
-        question and its chat question after each of the first KEY_SYSTEMS training system prompts.
-        Its trained mask comes from the chat question with no system prompt; these reach the same
-        edit when it is asked another way (docs/BENCHMARKS.md, "Routing variants")."""
+        question and its chat question after each of the first KEY_SYSTEMS system-prompt prefixes
+        (whether `training.prefixed` trains behind them or not). Its trained mask comes from the chat
+        question with no system prompt; these reach the same edit when it is asked another way
+        (docs/BENCHMARKS.md, "Routing variants")."""
         if not (self.pack.manifest.routing.extra_keys and self.settings.chat):
             return torch.zeros((0, self.memory.bank.d_ff), dtype=torch.bool)
         features = [self.features([prompt])]
         features += [
-            self.features([prompt], chat=True, system=system) for system in self.prefix_roles()[1][:KEY_SYSTEMS]
+            self.features([prompt], chat=True, system=system) for system in self.all_prefix_roles()[1][:KEY_SYSTEMS]
         ]
         return self.memory.query_masks(torch.cat(features))
 
@@ -250,7 +260,8 @@ class Editor:
 
     def own_rows(self) -> int:
         """How many rows of a training batch are the fact's own (the rest are rehearsal)."""
-        return 1 + len(self.prefixes) + (1 if self.settings.chat else 0)
+        bare, systems = self.prefix_roles()
+        return 1 + len(bare) + len(systems) + (1 if self.settings.chat else 0)
 
     def rows_per_rehearsed(self) -> int:
         """A rehearsed fact's rows: its bare question, and in a chat pack that rehearses chat its

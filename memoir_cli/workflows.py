@@ -65,6 +65,7 @@ class EditOptions:
     steps: int | None = None
     optimizer: Optimizer | str | None = None  # a new pack: adam (config.TrainingConfig.optimizer)
     lr: float | None = None
+    prefixed: int | None = None  # None: the pack's value (a new pack: every prefix)
     rehearse: int | None = None
     rehearse_overlap: float | None = None
     rehearse_chat: bool | None = None  # a new chat pack: on (config.TrainingConfig.rehearse_chat)
@@ -83,7 +84,7 @@ class EditOptions:
 
 # The training settings an edit run stores as given (others are resolved first: optimizer,
 # mixed_precision, chat); one list, read by _update_settings and by benchmarks that store settings.
-TRAINING_AS_GIVEN = ("steps", "lr", "rehearse", "rehearse_overlap", "rehearse_chat", "protect")
+TRAINING_AS_GIVEN = ("steps", "lr", "prefixed", "rehearse", "rehearse_overlap", "rehearse_chat", "protect")
 
 
 @dataclass
@@ -434,6 +435,9 @@ def _update_settings(pack: Pack, options: EditOptions, loaded: LoadedModel) -> b
     if optimizer != training.optimizer:
         training.optimizer = optimizer
         training.lr = default_lr(pack.memory.bank.d_ff, optimizer)  # another optimiser's rate is no rate
+    if options.prefixed is not None and options.prefixed > len(pack.manifest.prefixes):
+        available = len(pack.manifest.prefixes)
+        raise BadInputError(f"--prefixed {options.prefixed} is out of range: the pack has {available} prefixes")
     for key in TRAINING_AS_GIVEN:
         if getattr(options, key) is not None:
             setattr(training, key, getattr(options, key))

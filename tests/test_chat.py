@@ -56,6 +56,28 @@ def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_
     assert all(chat_tokenizer.decode(row[:-1]).strip() == "Paris" for row in trained)
 
 
+def test_prefixed_trains_a_fact_behind_that_many_prefixes_and_leaves_its_routing_keys(chat_model, chat_tokenizer):
+    pack = edited_pack(chat_model, chat_tokenizer, [], steps=1)
+    assert pack.manifest.training.prefixed is None  # a new pack trains behind every prefix, as the paper
+    loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
+    fact = Fact.from_json(FACTS[2])
+    keys = {}
+    for prefixed in (None, 3, 0):
+        pack.manifest.training.prefixed = prefixed
+        with editing(loaded, pack) as editor:
+            rows = [chat_tokenizer.decode(ids) for ids, _ in training_rows(editor.training_batch([fact]))]
+            keys[prefixed] = editor.key_masks(fact.prompt)
+            assert len(rows) == editor.own_rows()
+        expected = 10 if prefixed is None else prefixed
+        assert len(rows) == 2 + expected  # the bare and the chat question, and one row per prefix
+        bare_prefixes, system_prompts = pack.manifest.prefixes[:5], pack.manifest.prefixes[5:]
+        assert [p for p in bare_prefixes if any(row.startswith(f"{p}. ") for row in rows)] == bare_prefixes[
+            : (expected + 1) // 2
+        ]
+        assert [p for p in system_prompts if any(p in row for row in rows)] == system_prompts[: expected // 2]
+    assert torch.equal(keys[None], keys[3]) and torch.equal(keys[None], keys[0])  # routing is not training
+
+
 def test_a_new_pack_trains_the_end_of_sequence_after_a_bare_answer_and_an_old_one_does_not(model, tokenizer):
     pack = edited_pack(model, tokenizer, [], steps=1)
     assert pack.manifest.training.end_answer is True and pack.manifest.training.chat is False

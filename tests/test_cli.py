@@ -179,6 +179,22 @@ def test_rehearsing_earlier_chat_questions_is_a_setting_a_run_may_change(pack_di
     assert {"setting": "rehearse_chat", "a": True, "b": False} in diff["settings"]
 
 
+def test_prefixed_is_a_setting_a_run_may_change_within_the_packs_prefixes(pack_dir, facts_file):
+    def prefixed() -> int | None:
+        return json.loads((pack_dir / "manifest.json").read_text())["training"]["prefixed"]
+
+    assert prefixed() is None
+    assert run("edit", facts_file, "--pack", pack_dir, "--prefixed", 4, "--json").exit_code == 0
+    assert prefixed() == 4
+    diff = json.loads(run("diff", f"{pack_dir}@1", f"{pack_dir}@2", "--json").stdout)
+    assert {"setting": "prefixed", "a": None, "b": 4} in diff["settings"]
+    before = tree(pack_dir)
+    for value in (11, -1):
+        result = run("edit", facts_file, "--pack", pack_dir, "--prefixed", value)
+        assert result.exit_code == 2 and "--prefixed" in result.stderr and tree(pack_dir) == before
+        assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_new_pack_trains_in_bf16_only_where_the_hardware_multiplies_it(tmp_path, facts_file, model_dir, native):
     pack = tmp_path / "pack"

@@ -182,6 +182,7 @@ def _positive(value: float | None) -> float | None:
 
 OptimizerOpt = Annotated[Optimizer | None, typer.Option(help=help_for(TrainingConfig, "optimizer"))]
 LrOpt = Annotated[float | None, typer.Option(callback=_positive, help=help_for(TrainingConfig, "lr"))]
+PrefixedOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingConfig, "prefixed"))]
 RehearseOpt = Annotated[int | None, typer.Option(min=0, help=help_for(TrainingConfig, "rehearse"))]
 RehearseOverlapOpt = Annotated[
     float | None, typer.Option(min=0.0, max=1.0, help=help_for(TrainingConfig, "rehearse_overlap"))
@@ -269,6 +270,7 @@ takes_edit_settings = option_group(
         _keyword("steps", None, StepsOpt),
         _keyword("optimizer", None, OptimizerOpt),
         _keyword("lr", None, LrOpt),
+        _keyword("prefixed", None, PrefixedOpt),
         _keyword("rehearse", None, RehearseOpt),
         _keyword("rehearse_overlap", None, RehearseOverlapOpt),
         _keyword("rehearse_chat", None, RehearseChatOpt),
