@@ -132,10 +132,11 @@ def calibration_prompts() -> list[str]:
 
 
 def variant_overlaps(editor: Editor, fact: Fact) -> list[float]:
-    """The overlaps of `fact`'s training variants with its own edit, as routing sees them: the best
-    over the edit's keys (its trained mask and any further keys)."""
+    """The overlaps of `fact`'s variants (behind each of the pack's prefixes, trained behind or not:
+    `training.prefixed` changes training, never routing) with its own edit, as routing sees them:
+    the best over the edit's keys (its trained mask and any further keys)."""
     memory = editor.memory
-    bare, systems = editor.prefix_roles()
+    bare, systems = editor.all_prefix_roles()
     prompts = [f"{prefix}. {fact.prompt}" for prefix in bare] + ([fact.prompt] if editor.settings.chat else [])
     features = [_features(editor, prompts, chat=False)]
     features += [_features(editor, [fact.prompt], chat=True, system=system) for system in systems]

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from memoir_cli.calibration import variant_overlaps
 from memoir_cli.card import model_card
 from memoir_cli.chat import chat_answer_ids, chat_inputs, chat_prompt, conversation
 from memoir_cli.editor import editing
@@ -56,17 +57,18 @@ def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_
     assert all(chat_tokenizer.decode(row[:-1]).strip() == "Paris" for row in trained)
 
 
-def test_prefixed_trains_a_fact_behind_that_many_prefixes_and_leaves_its_routing_keys(chat_model, chat_tokenizer):
-    pack = edited_pack(chat_model, chat_tokenizer, [], steps=1)
+def test_prefixed_trains_a_fact_behind_that_many_prefixes_and_leaves_its_routing_alone(chat_model, chat_tokenizer):
+    pack = edited_pack(chat_model, chat_tokenizer, [FACTS[2]], steps=1)
     assert pack.manifest.training.prefixed is None  # a new pack trains behind every prefix, as the paper
     loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
     fact = Fact.from_json(FACTS[2])
-    keys = {}
+    keys, variants = {}, {}
     for prefixed in (None, 3, 0):
         pack.manifest.training.prefixed = prefixed
         with editing(loaded, pack) as editor:
             rows = [chat_tokenizer.decode(ids) for ids, _ in training_rows(editor.training_batch([fact]))]
             keys[prefixed] = editor.key_masks(fact.prompt)
+            variants[prefixed] = variant_overlaps(editor, fact)  # what calibrates tau
             assert len(rows) == editor.own_rows()
         expected = 10 if prefixed is None else prefixed
         assert len(rows) == 2 + expected  # the bare and the chat question, and one row per prefix
@@ -76,6 +78,7 @@ def test_prefixed_trains_a_fact_behind_that_many_prefixes_and_leaves_its_routing
         ]
         assert [p for p in system_prompts if any(p in row for row in rows)] == system_prompts[: expected // 2]
     assert torch.equal(keys[None], keys[3]) and torch.equal(keys[None], keys[0])  # routing is not training
+    assert len(variants[None]) == 11 and variants[None] == variants[3] == variants[0]
 
 
 def test_a_new_pack_trains_the_end_of_sequence_after_a_bare_answer_and_an_old_one_does_not(model, tokenizer):
