@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from memoir_cli.editor import PREFIX_LENGTHS, PREFIX_STARTS
 from memoir_cli.facts import read_zsre_json
 from memoir_cli.models import load_model
 from memoir_cli.repair import repair_pack
@@ -362,7 +363,7 @@ def main() -> None:
         "threshold": (0, 1),
         "steps": (1, None),
         "lr": (1e-12, None),
-        "prefixed": (0, None),
+        "prefixed": (0, len(PREFIX_STARTS) * len(PREFIX_LENGTHS)),  # the prefixes a new pack writes
         "rehearse": (0, None),
         "rehearse_overlap": (0, 1),
         "protect": (0, None),
