@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -48,7 +49,8 @@ from memoir_cli.session import Session
 from memoir_cli.store import WriteOptions, load_pack
 from memoir_cli.workflows import EditOptions, edit_pack, model_spec_for
 
-ZSRE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "zsre" / "zsre_dev.json"
+# The ZsRE records: MEMOIR_ZSRE, else the workplace's shared folder beside the clone.
+ZSRE = Path(os.environ.get("MEMOIR_ZSRE") or Path(__file__).resolve().parents[2] / "shared/data/zsre/zsre_dev.json")
 FINETUNE_D_FF = 1536  # SmolLM2-135M's MLP width: k = d_ff means every column
 
 

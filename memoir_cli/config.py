@@ -89,9 +89,9 @@ class TrainingConfig:
     )
     prefixed: int | None = setting(
         None,
-        "How many of the pack's 10 training prefixes each fact is trained behind (none: all, the paper's augmented "
-        "batch). A chat pack puts its first five before the bare question and uses its last five as system "
-        "prompts; N takes the first ceil(N/2) and floor(N/2) of them. Fewer rows make each optimiser step cheaper.",
+        "How many of the pack's training prefixes each fact is trained behind (none: all, the paper's augmented "
+        "batch). A chat pack puts the first half before the bare question and uses the second half as system "
+        "prompts; N takes ceil(N/2) of the one and floor(N/2) of the other. Fewer rows make each step cheaper.",
     )
     rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
     rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
