@@ -320,6 +320,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, help="edited layer of a new pack (default: the editor's default)")
     parser.add_argument("--top-k", type=int, help="mask size k of a new pack (default: the editor's default)")
     parser.add_argument("--threshold", type=float, help="routing threshold tau (default: the editor's default)")
+    parser.add_argument("--seed", type=int, help="TopHash permutation and training prefixes of a new pack (default: 0)")
     parser.add_argument("--steps", type=int, help="steps per fact (default: the editor's default)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
     parser.add_argument("--prefixed", type=int, help="prefixed copies per fact (default: all of the pack's prefixes)")
@@ -350,7 +351,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repair_rounds < 0:
         parser.error("--repair-rounds must be 0 or more")
-    keys = ("layer", "top_k", "threshold", "steps", "lr", "prefixed", "rehearse", "rehearse_overlap", "protect")
+    keys = ("layer", "top_k", "threshold", "seed", "steps", "lr", "prefixed", "rehearse", "rehearse_overlap", "protect")
     SETTINGS.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     numeric = dict(SETTINGS)
     if args.chat:
@@ -363,6 +364,7 @@ def main() -> None:
         "layer": (0, None),
         "top_k": (1, None),
         "threshold": (0, 1),
+        "seed": (0, None),
         "steps": (1, None),
         "lr": (1e-12, None),
         "prefixed": (0, len(PREFIX_STARTS) * len(PREFIX_LENGTHS)),  # the prefixes a new pack writes
