@@ -44,6 +44,8 @@ ADAM_LR = 0.05
 ADAM_EPS = 1e-3
 ADAM_STOP_DELTA = 0.01  # Adam crosses the stop loss within a few steps, then creeps down by ~1e-3 a step
 PROTECT = 1.0  # a new pack's protection strength: half the earlier answers broken per edit, no loss at T = 100
+PREFIXED = 2  # a new pack's prefixed copies per fact: with REHEARSE, a third of the time per edit at T = 998
+REHEARSE = 4  # a new pack's rehearsed neighbours (docs/BENCHMARKS.md, "Faster edits: fewer prefixed copies")
 
 
 def default_lr(d_ff: int, optimizer: str = "sgd") -> float:
@@ -90,10 +92,13 @@ class TrainingConfig:
     prefixed: int | None = setting(
         None,
         "How many of the pack's training prefixes each fact is trained behind (none: all, the paper's augmented "
-        "batch). A chat pack puts the first half before the bare question and uses the second half as system "
-        "prompts; N takes ceil(N/2) of the one and floor(N/2) of the other. Fewer rows make each step cheaper.",
+        f"batch; a new pack: {PREFIXED}). A chat pack puts the first half before the bare question and uses the second "
+        "half as system prompts; N takes ceil(N/2) of the one and floor(N/2) of the other. Fewer rows make each step "
+        "cheaper; the routing keys and tau read every prefix.",
     )
-    rehearse: int = setting(8, "Earlier similar edits kept in each fact's batch (0 = the paper's procedure).")
+    rehearse: int = setting(
+        8, f"Earlier similar edits kept in each fact's batch (0 = the paper's procedure; a new pack: {REHEARSE})."
+    )
     rehearse_overlap: float | None = setting(0.0, "Minimum mask overlap of a rehearsed edit (none: the threshold).")
     end_answer: bool = setting(
         False,

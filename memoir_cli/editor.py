@@ -1,7 +1,8 @@
 """Editing facts into a residual memory (MEMOIR's sequential editing, one fact or a batch at a time).
 
 For each fact: compute its TopHash mask from the prompt, build the augmented batch (the prompt
-plus 10 copies behind self-generated prefixes), and fit only the k memory columns the mask selects
+and its copies behind `training.prefixed` of the pack's 10 self-generated prefixes; all 10 is the
+paper's batch, a new pack uses 2), and fit only the k memory columns the mask selects
 on the target tokens' cross-entropy, with the paper's SGD or (a new pack) Adam. A batch of facts
 (`edit_batch`) trains the union of their masks' columns, each row under its own fact's mask.
 

@@ -14,7 +14,9 @@ from .chat import ChatMode, has_chat_template
 from .config import (
     ADAM_STOP_DELTA,
     DEFAULT_CHECKPOINT_EVERY,
+    PREFIXED,
     PROTECT,
+    REHEARSE,
     RoutingConfig,
     TopHashConfig,
     TrainingConfig,
@@ -65,7 +67,7 @@ class EditOptions:
     steps: int | None = None
     optimizer: Optimizer | str | None = None  # a new pack: adam (config.TrainingConfig.optimizer)
     lr: float | None = None
-    prefixed: int | None = None  # None: the pack's value (a new pack: every prefix)
+    prefixed: int | None = None  # None: the pack's value (a new pack: config.PREFIXED)
     rehearse: int | None = None
     rehearse_overlap: float | None = None
     rehearse_chat: bool | None = None  # a new chat pack: on (config.TrainingConfig.rehearse_chat)
@@ -364,6 +366,8 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
             chat=has_chat_template(tokenizer),
             rehearse_chat=True,
             pad_by_form=True,
+            prefixed=PREFIXED,
+            rehearse=REHEARSE,
             protect=PROTECT,
             mixed_precision=_mixed_precision(options.mixed_precision or MixedPrecision.auto, loaded, layer.path),
         ),

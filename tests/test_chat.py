@@ -59,7 +59,7 @@ def test_a_chat_pack_trains_the_end_of_turn_token_beside_the_bare_question(chat_
 
 def test_prefixed_trains_a_fact_behind_that_many_prefixes_and_leaves_its_routing_alone(chat_model, chat_tokenizer):
     pack = edited_pack(chat_model, chat_tokenizer, [FACTS[2]], steps=1)
-    assert pack.manifest.training.prefixed is None  # a new pack trains behind every prefix, as the paper
+    assert pack.manifest.training.prefixed is None  # every prefix, the paper's batch
     loaded = LoadedModel(chat_model, chat_tokenizer, "tiny-chat", None)
     fact = Fact.from_json(FACTS[2])
     keys, variants = {}, {}

@@ -8,7 +8,7 @@ import torch
 import typer
 
 from memoir_cli.cli import app
-from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR, PROTECT
+from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR, PREFIXED, PROTECT, REHEARSE
 
 from .conftest import FACTS
 from .helpers import run, tree
@@ -150,13 +150,15 @@ def test_changing_the_threshold_alone_is_saved(pack_dir, facts_file):
     assert result.exit_code == 2 and "Invalid value for '--threshold'" in result.stderr
 
 
-def test_a_new_pack_fits_with_adam_and_another_optimiser_brings_its_own_learning_rate(pack_dir, facts_file):
+def test_a_new_pack_fits_with_adam_on_a_small_batch_and_another_optimiser_brings_its_own_learning_rate(
+    pack_dir, facts_file
+):
     def training() -> dict:
         return json.loads((pack_dir / "manifest.json").read_text())["training"]
 
     made = training()
     assert (made["optimizer"], made["lr"], made["stop_delta"]) == ("adam", ADAM_LR, ADAM_STOP_DELTA)
-    assert made["protect"] == PROTECT
+    assert (made["protect"], made["prefixed"], made["rehearse"]) == (PROTECT, PREFIXED, REHEARSE)
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "sgd", "--json").exit_code == 0
     assert (training()["optimizer"], training()["lr"]) == ("sgd", NARROW_LR)  # the tiny model's d_ff is narrow
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "adam", "--lr", 0.2, "--json").exit_code == 0
@@ -183,11 +185,11 @@ def test_prefixed_is_a_setting_a_run_may_change_within_the_packs_prefixes(pack_d
     def prefixed() -> int | None:
         return json.loads((pack_dir / "manifest.json").read_text())["training"]["prefixed"]
 
-    assert prefixed() is None
+    assert prefixed() == PREFIXED
     assert run("edit", facts_file, "--pack", pack_dir, "--prefixed", 4, "--json").exit_code == 0
     assert prefixed() == 4
     diff = json.loads(run("diff", f"{pack_dir}@1", f"{pack_dir}@2", "--json").stdout)
-    assert {"setting": "prefixed", "a": None, "b": 4} in diff["settings"]
+    assert {"setting": "prefixed", "a": PREFIXED, "b": 4} in diff["settings"]
     before = tree(pack_dir)
     for value in (11, -1):
         result = run("edit", facts_file, "--pack", pack_dir, "--prefixed", value)
