@@ -5,8 +5,9 @@ empty one, or a copy of `--start`, whose edits are rehearsed and protected as a 
   every step (Editor fast=False), as the research code does;
 - replay, paper's optimiser: the same settings, the lower layers run once per fact and the upper
   blocks replayed each step (the defaults until Adam);
-- replay, the defaults before mixed precision: the new defaults with every pass in float32 and no
-  protection;
+- replay, the defaults before mixed precision: the new defaults with every pass in float32, no
+  protection, every prefix and 8 rehearsed edits;
+- replay, the defaults before fewer rows: the new defaults with every prefix and 8 rehearsed edits;
 - replay, new defaults (TrainingConfig, "a new pack" on this machine);
 - each `--variant name=field:value,...`: the new defaults with those training settings changed;
 - the new defaults fitting `--batch-size` facts per optimisation (editor.edit_batch), when asked.
@@ -102,6 +103,7 @@ def main() -> None:
         chat=new.chat,
         rehearse_chat=new.rehearse_chat,
     )
+    every_row = {"prefixed": None, "rehearse": TrainingConfig().rehearse}  # the batch before config.PREFIXED
     new_defaults = "replay, new defaults"
     procedures = {new_defaults: (new, True, 1)}
     if args.baselines:
@@ -109,7 +111,12 @@ def main() -> None:
             STRAIGHTFORWARD: (paper, False, 1),
             "replay, paper's SGD (the old defaults)": (paper, True, 1),
             "replay, the defaults before mixed precision": (
-                dataclasses.replace(new, mixed_precision="no", protect=0.0),
+                dataclasses.replace(new, mixed_precision="no", protect=0.0, **every_row),
+                True,
+                1,
+            ),
+            "replay, the defaults before fewer rows (every prefix, rehearse 8)": (
+                dataclasses.replace(new, **every_row),
                 True,
                 1,
             ),
