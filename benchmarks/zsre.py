@@ -323,7 +323,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="TopHash permutation and training prefixes of a new pack (default: 0)")
     parser.add_argument("--steps", type=int, help="steps per fact (default: the editor's default)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the editor's default for the model)")
-    parser.add_argument("--prefixed", type=int, help="prefixed copies per fact (default: all of the pack's prefixes)")
+    parser.add_argument("--prefixed", type=int, help="prefixed copies per fact (default: the editor's default)")
     parser.add_argument("--rehearse", type=int, help="rehearsed neighbours (default: the editor's default)")
     parser.add_argument("--rehearse-overlap", type=float, help="minimum overlap of a rehearsed edit (default: tau)")
     parser.add_argument("--protect", type=float, help="damping along earlier edits' directions (default: the editor's)")

@@ -45,7 +45,7 @@ ADAM_EPS = 1e-3
 ADAM_STOP_DELTA = 0.01  # Adam crosses the stop loss within a few steps, then creeps down by ~1e-3 a step
 PROTECT = 1.0  # a new pack's protection strength: half the earlier answers broken per edit, no loss at T = 100
 PREFIXED = 2  # a new pack's prefixed copies per fact: with REHEARSE, a third of the time per edit at T = 998
-REHEARSE = 4  # a new pack's rehearsed neighbours (docs/BENCHMARKS.md, "Faster edits: fewer prefixed copies")
+REHEARSE = 4  # a new pack's rehearsed neighbours (docs/BENCHMARKS.md, "Faster edits by default")
 
 
 def default_lr(d_ff: int, optimizer: str = "sgd") -> float:
