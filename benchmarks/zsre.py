@@ -334,6 +334,9 @@ def main() -> None:
     )
     parser.add_argument("--chat", choices=["auto", "on", "off"], help="train the chat form too (default: auto)")
     parser.add_argument(
+        "--optimizer", choices=["adam", "sgd"], help="with its learning rate and stop rule (default: the editor's)"
+    )
+    parser.add_argument(
         "--mixed-precision", choices=["auto", "no", "bf16"], help="training passes in bf16 (default: auto)"
     )
     parser.add_argument(
@@ -358,6 +361,8 @@ def main() -> None:
         SETTINGS["chat"] = args.chat
     if args.mixed_precision:
         SETTINGS["mixed_precision"] = args.mixed_precision
+    if args.optimizer:
+        SETTINGS["optimizer"] = args.optimizer
     if args.rehearse_chat is not None:
         SETTINGS["rehearse_chat"] = args.rehearse_chat
     ranges = {

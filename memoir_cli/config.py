@@ -42,6 +42,7 @@ def default_top_k(d_ff: int) -> int:
 NARROW_LR = 16.0
 ADAM_LR = 0.05
 ADAM_EPS = 1e-3
+REFERENCE_STOP_DELTA = 1e-4  # the reference's flatness test, with SGD, which creeps toward the stop loss
 ADAM_STOP_DELTA = 0.01  # Adam crosses the stop loss within a few steps, then creeps down by ~1e-3 a step
 PROTECT = 1.0  # a new pack's protection strength: half the earlier answers broken per edit, no loss at T = 100
 PREFIXED = 2  # a new pack's prefixed copies per fact: with REHEARSE, a third of the time per edit at T = 998
@@ -62,6 +63,12 @@ def default_lr(d_ff: int, optimizer: str = "sgd") -> float:
     if optimizer == "adam":
         return ADAM_LR
     return 1.0 if d_ff >= 8192 else NARROW_LR
+
+
+def default_stop_delta(optimizer: str) -> float:
+    """A pack's stop-rule flatness for this optimiser: with SGD the reference's, with Adam one that a
+    loss creeping down by ~1e-3 a step meets (a 1e-4 test would wait it out to the last step)."""
+    return ADAM_STOP_DELTA if optimizer == "adam" else REFERENCE_STOP_DELTA
 
 
 @dataclass
@@ -87,7 +94,9 @@ class TrainingConfig:
     clip: float = setting(1.0, "Gradient-norm clip.")
     stop_loss: float = setting(0.02, "Early stop once the loss is at most this...")
     stop_delta: float = setting(
-        1e-4, "...and moved at most this since the step before (a new pack: 0.01, with adam: docs/BENCHMARKS.md)."
+        REFERENCE_STOP_DELTA,
+        f"...and moved at most this since the step before (with adam {ADAM_STOP_DELTA}: docs/BENCHMARKS.md; "
+        "set with the optimiser).",
     )
     prefixed: int | None = setting(
         None,

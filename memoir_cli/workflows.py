@@ -12,7 +12,6 @@ from pathlib import Path
 from .calibration import Calibration, UnrelatedPrompts, add_to_histogram, calibrate, variant_overlaps
 from .chat import ChatMode, has_chat_template
 from .config import (
-    ADAM_STOP_DELTA,
     DEFAULT_CHECKPOINT_EVERY,
     PREFIXED,
     PROTECT,
@@ -21,6 +20,7 @@ from .config import (
     TopHashConfig,
     TrainingConfig,
     default_lr,
+    default_stop_delta,
     default_top_k,
 )
 from .conflicts import Conflict, OnConflict, find_conflicts, resolve
@@ -361,7 +361,7 @@ def create_pack(loaded: LoadedModel, options: EditOptions) -> Pack:
         training=TrainingConfig(
             optimizer=Optimizer.adam.value,
             lr=default_lr(layer.d_in, Optimizer.adam.value),
-            stop_delta=ADAM_STOP_DELTA,
+            stop_delta=default_stop_delta(Optimizer.adam.value),
             end_answer=True,
             chat=has_chat_template(tokenizer),
             rehearse_chat=True,
@@ -439,6 +439,7 @@ def _update_settings(pack: Pack, options: EditOptions, loaded: LoadedModel) -> b
     if optimizer != training.optimizer:
         training.optimizer = optimizer
         training.lr = default_lr(pack.memory.bank.d_ff, optimizer)  # another optimiser's rate is no rate
+        training.stop_delta = default_stop_delta(optimizer)  # nor its stop rule
     if options.prefixed is not None and options.prefixed > len(pack.manifest.prefixes):
         available = len(pack.manifest.prefixes)
         raise BadInputError(f"--prefixed {options.prefixed} is out of range: the pack has {available} prefixes")

@@ -8,7 +8,7 @@ import torch
 import typer
 
 from memoir_cli.cli import app
-from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR, PREFIXED, PROTECT, REHEARSE
+from memoir_cli.config import ADAM_LR, ADAM_STOP_DELTA, NARROW_LR, PREFIXED, PROTECT, REFERENCE_STOP_DELTA, REHEARSE
 
 from .conftest import FACTS
 from .helpers import run, tree
@@ -150,7 +150,7 @@ def test_changing_the_threshold_alone_is_saved(pack_dir, facts_file):
     assert result.exit_code == 2 and "Invalid value for '--threshold'" in result.stderr
 
 
-def test_a_new_pack_fits_with_adam_on_a_small_batch_and_another_optimiser_brings_its_own_learning_rate(
+def test_a_new_pack_fits_with_adam_on_a_small_batch_and_another_optimiser_brings_its_own_rate_and_stop_rule(
     pack_dir, facts_file
 ):
     def training() -> dict:
@@ -160,9 +160,10 @@ def test_a_new_pack_fits_with_adam_on_a_small_batch_and_another_optimiser_brings
     assert (made["optimizer"], made["lr"], made["stop_delta"]) == ("adam", ADAM_LR, ADAM_STOP_DELTA)
     assert (made["protect"], made["prefixed"], made["rehearse"]) == (PROTECT, PREFIXED, REHEARSE)
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "sgd", "--json").exit_code == 0
-    assert (training()["optimizer"], training()["lr"]) == ("sgd", NARROW_LR)  # the tiny model's d_ff is narrow
+    sgd = training()  # the tiny model's d_ff is narrow
+    assert (sgd["optimizer"], sgd["lr"], sgd["stop_delta"]) == ("sgd", NARROW_LR, REFERENCE_STOP_DELTA)
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "adam", "--lr", 0.2, "--json").exit_code == 0
-    assert (training()["optimizer"], training()["lr"]) == ("adam", 0.2)
+    assert (training()["optimizer"], training()["lr"], training()["stop_delta"]) == ("adam", 0.2, ADAM_STOP_DELTA)
     before = tree(pack_dir)
     result = run("edit", facts_file, "--pack", pack_dir, "--optimizer", "rmsprop")
     assert result.exit_code == 2 and "--optimizer" in result.stderr and tree(pack_dir) == before
