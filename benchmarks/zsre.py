@@ -2,8 +2,8 @@
 then score all T (teacher-forced Rel / Gen / Loc, MEMOIR.md), for T = 10, 100, 1000.
 
 Contrasts, run the same way: the unedited model, and plain fine-tuning of the same
-down-projection (same optimiser and steps; every column trained, always applied, no rehearsal:
-k = d_ff and threshold 0).
+down-projection (same optimiser, steps and batch; every column trained, always applied, nothing
+kept of earlier edits: k = d_ff, threshold 0, no rehearsal and no protection).
 
 Next to the paper's teacher-forced columns: the same three scores from greedy generation, as a user
 sees them (`memoir eval --generate`: the answer must start with the target; a locality answer must
@@ -54,14 +54,14 @@ ZSRE = Path(os.environ.get("MEMOIR_ZSRE") or Path(__file__).resolve().parents[2]
 FINETUNE_D_FF = 1536  # SmolLM2-135M's MLP width: k = d_ff means every column
 
 
-SETTINGS: dict = {}  # settings given on the command line, applied to every method (finetune keeps its k and tau)
+SETTINGS: dict = {}  # given on the command line, for every method (finetune keeps its k, tau, rehearse and protect)
 
 
 def method_options(method: str) -> EditOptions:
     if method == "memoir":
         return EditOptions(**SETTINGS)
     if method == "finetune":
-        return EditOptions(**dict(SETTINGS, top_k=FINETUNE_D_FF, threshold=0.0, rehearse=0))
+        return EditOptions(**dict(SETTINGS, top_k=FINETUNE_D_FF, threshold=0.0, rehearse=0, protect=0.0))
     raise SystemExit(f"unknown method {method!r}")
 
 
