@@ -160,7 +160,7 @@ def test_a_new_pack_fits_with_adam_on_a_small_batch_and_another_optimiser_brings
     assert (made["optimizer"], made["lr"], made["stop_delta"]) == ("adam", ADAM_LR, ADAM_STOP_DELTA)
     assert (made["protect"], made["prefixed"], made["rehearse"]) == (PROTECT, PREFIXED, REHEARSE)
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "sgd", "--json").exit_code == 0
-    sgd = training()  # the tiny model's d_ff is narrow
+    sgd = training()  # NARROW_LR: the tiny model's d_ff is narrow
     assert (sgd["optimizer"], sgd["lr"], sgd["stop_delta"]) == ("sgd", NARROW_LR, REFERENCE_STOP_DELTA)
     assert run("edit", facts_file, "--pack", pack_dir, "--optimizer", "adam", "--lr", 0.2, "--json").exit_code == 0
     assert (training()["optimizer"], training()["lr"], training()["stop_delta"]) == ("adam", 0.2, ADAM_STOP_DELTA)
