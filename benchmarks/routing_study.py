@@ -150,6 +150,33 @@ def best_edits(queries: torch.Tensor, keys: torch.Tensor, owners: torch.Tensor, 
     return best, values[:, 0], values[:, 1]
 
 
+def closest_above(
+    queries: torch.Tensor,
+    features: torch.Tensor,
+    keys: torch.Tensor,
+    directions: torch.Tensor,
+    owners: torch.Tensor,
+    n: int,
+    k: int,
+    tau: float,
+) -> torch.Tensor:
+    """The "cosine" rule: the gate is the paper's (some edit's mask overlaps the query's >= tau), but
+    among the edits that pass it the query goes to the one whose key feature points the most its
+    way (cosine of the de-centred features, before TopHash keeps only which k are largest); -1 where
+    none passes."""
+
+    def per_edit(scores: torch.Tensor) -> torch.Tensor:  # [q, keys] -> [q, n], best over each edit's keys
+        return torch.full((len(scores), n), -2.0).scatter_reduce(
+            1, owners.expand(len(scores), -1), scores, reduce="amax"
+        )
+
+    overlap = per_edit(queries.float() @ keys.float().T / k)  # [q, n]
+    cosine = per_edit(torch.nn.functional.normalize(features, dim=-1) @ directions.T)  # [q, n]
+    cosine = torch.where(overlap >= tau, cosine, torch.full_like(cosine, -3.0))
+    best = n - 1 - cosine.flip(1).argmax(1)  # ties to the later edit, as best_edits
+    return torch.where(overlap.amax(1) >= tau, best, torch.full_like(best, -1))
+
+
 def study(
     feats: dict,
     facts,
@@ -168,17 +195,20 @@ def study(
     background, spread = reference.mean(0), reference.std(0).clamp_min(1e-6) if scaled else 1.0
     permutation = feats["permutation"]
 
+    def centred(name: str) -> torch.Tensor:
+        """Features less the background mean; with a "-z" feature, each scaled by its spread over the
+        background prompts (z-scores instead of the paper's plain de-centring)."""
+        return (feats[name][(layer, pooling)] - background) / spread
+
     def masks(name: str) -> torch.Tensor:
-        """TopHash masks; with a "-z" feature, each feature is scaled by its spread over the
-        background prompts before the top-k (z-scores instead of the paper's plain de-centring)."""
-        centred = (feats[name][(layer, pooling)] - background) / spread
-        return tophash(centred, torch.zeros_like(background), k, permutation)
+        return tophash(centred(name), torch.zeros_like(background), k, permutation)
 
     def rows(name: str) -> torch.Tensor:
         return masks(name)[:t]
 
     keys = torch.cat([rows(form) for form in key_set])
     owners = torch.arange(t).repeat(len(key_set))
+    directions = torch.nn.functional.normalize(torch.cat([centred(form)[:t] for form in key_set]), dim=-1)
 
     def route(name: str, limit: int | None = t):
         query = masks(name)[:limit] if limit is not None else masks(name)
@@ -200,6 +230,8 @@ def study(
     contested = torch.tensor(contested_records(facts[:t]))
 
     def routed(name: str) -> torch.Tensor:
+        if rule == "cosine":
+            return closest_above(masks(name)[:t], centred(name)[:t], keys, directions, owners, t, k, tau)
         best, top, second = route(name)
         ok = top >= tau
         if rule == "margin":
@@ -287,6 +319,13 @@ def main() -> None:
     )
     parser.add_argument("--features", nargs="+", default=list(FEATURES))
     parser.add_argument("--keys", nargs="+", default=list(KEY_SETS))
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        choices=["best", "cosine"],
+        default=["best"],
+        help="match rules: the best mask overlap (the paper), or among the edits above tau the closest feature",
+    )
     parser.add_argument("--no-extras", action="store_true", help="skip the z, layer, margin and sweep rows")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routing_study.json"))
     args = parser.parse_args()
@@ -302,7 +341,9 @@ def main() -> None:
     feats = read_features(loaded, facts, layers, prefixes, uses, args.features)
     feats["permutation"] = make_permutation(edit.d_in, seed)
     rows = []
-    variants = [(edit.index, how, KEY_SETS[name], "best") for how in args.features for name in args.keys]
+    variants = [
+        (edit.index, how, KEY_SETS[name], rule) for how in args.features for name in args.keys for rule in args.rules
+    ]
     if not args.no_extras:
         variants += [(edit.index, f"{how}-z", KEY_SETS[name], "best") for how in ("mean", "rest") for name in KEY_SETS]
         variants += [
