@@ -268,13 +268,53 @@ def own_route_ceiling(facts) -> dict:
     return {"all": ceiling(None), "agreed": ceiling(False), "contested": ceiling(True)}
 
 
+def tf_gen_ceiling(facts, per_record: list[dict], one_answer_per_subject: float | None) -> dict:
+    """An estimate of the most teacher-forced Gen a model giving each subject one answer could score
+    here, and what it rests on.
+
+    Teacher forcing gives credit per token, so a rephrasing answered with a sibling's target still
+    earns the tokens the two targets share ("Wollondilly River" / "Brisbane River"): gen_ceilings'
+    bound does not hold for it. How much such a rephrasing earns is measured on this run: the mean
+    teacher-forced Gen of the contested records whose rephrasing was routed to a sibling's edit with
+    another target (`sibling_credit`, with its count and a normal 95% interval). A rephrasing whose
+    target is its subject's one answer scores 1 and every other `sibling_credit`, so the estimate is
+    credit + (1 - credit) x the per-subject Gen ceiling. Optimistic: it assumes perfect routing and
+    retention, full credit wherever the answer is right, and the credit measured at this T.
+    """
+    subject = {fact.id: fact.subject for fact in facts}
+    target = {fact.id: fact.target.strip() for fact in facts}
+    credits = [
+        record["gen"]
+        for fact, record in zip(facts, per_record)
+        if len(record.get("gen_routes") or []) == 1
+        and (edit := record["gen_routes"][0]["edit_id"]) in subject
+        and subject[edit] == fact.subject
+        and target[edit] != fact.target.strip()
+    ]
+    if not credits or one_answer_per_subject is None:
+        return {"sibling_credit": None, "rephrasings": len(credits), "estimate": None}
+    credit = statistics.fmean(credits)
+    spread = 1.96 * statistics.stdev(credits) / len(credits) ** 0.5 if len(credits) > 1 else 0.0
+
+    def estimate(c: float) -> float:
+        return c + (1 - c) * one_answer_per_subject
+
+    return {
+        "sibling_credit": credit,
+        "sibling_credit_interval": [credit - spread, credit + spread],
+        "rephrasings": len(credits),
+        "estimate": estimate(credit),
+        "estimate_interval": [estimate(credit - spread), estimate(credit + spread)],
+    }
+
+
 def _gen_split(facts, per_record: list[dict]) -> dict:
     """Share of contested records; Gen over the agreed and the contested records, teacher-forced
     (gen_agreed, gen_contested) and WILD in each context (question_gen_agreed, chat_gen_contested,
     ...); and where their rephrasings are routed: to the record's own edit (own_agreed,
     own_contested), and to an edit about the same subject (same_subject, all records); and the
     ceilings the records themselves put on Gen (gen_ceilings) and on routing to the own edit
-    (own_route_ceiling). A contested
+    (own_route_ceiling), and the estimated one on teacher-forced Gen (tf_gen_ceiling). A contested
     rephrasing that reaches a sibling's edit is routed as well as its words allow."""
     contested = contested_records(facts)
     subject = {fact.id: fact.subject for fact in facts}
@@ -302,6 +342,7 @@ def _gen_split(facts, per_record: list[dict]) -> dict:
     split["same_subject"] = mean(None, lambda r: routed(r, True))
     split["gen_ceiling"] = gen_ceilings(facts)
     split["own_route_ceiling"] = own_route_ceiling(facts)
+    split["tf_gen_ceiling"] = tf_gen_ceiling(facts, per_record, split["gen_ceiling"]["one_answer_per_subject"])
     return split
 
 
@@ -457,6 +498,15 @@ def main() -> None:
     ):
         shares = ", ".join(f"{group} {value:.3f}" for group, value in route.items() if value is not None)
         print(f"T = {size}: rephrasings can reach their own edit at most ({shares}) with one route per subject")
+    for row in rows:
+        tf = row.get("tf_gen_ceiling") or {}
+        if tf.get("estimate") is not None:
+            low, high = tf["estimate_interval"]
+            print(
+                f"T = {row['T']} {row['method']}: teacher-forced Gen with one answer per subject, estimated: at most "
+                f"{tf['estimate']:.3f} ({low:.3f}-{high:.3f}; a sibling's answer earned {tf['sibling_credit']:.3f} "
+                f"per token over {tf['rephrasings']} rephrasings)"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
