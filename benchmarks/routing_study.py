@@ -136,13 +136,15 @@ class Reader:
         return {key: torch.cat(value) for key, value in out.items()}
 
 
+def best_per_edit(scores: torch.Tensor, owners: torch.Tensor, n: int) -> torch.Tensor:
+    """Scores per key [q, keys] -> per edit [q, n]: the best over each edit's keys (owners [keys])."""
+    return torch.full((len(scores), n), -2.0).scatter_reduce(1, owners.expand(len(scores), -1), scores, reduce="amax")
+
+
 def best_edits(queries: torch.Tensor, keys: torch.Tensor, owners: torch.Tensor, n: int, k: int):
     """Each query's best edit (max over that edit's keys; ties to the later edit), its overlap and the
     runner-up edit's overlap."""
-    shared = queries.float() @ keys.float().T / k  # [q, keys]
-    per_edit = torch.full((len(queries), n), -1.0).scatter_reduce(
-        1, owners.expand(len(queries), -1), shared, reduce="amax"
-    )
+    per_edit = best_per_edit(queries.float() @ keys.float().T / k, owners, n)  # [q, n]
     flipped = per_edit.flip(1)
     top2 = flipped.topk(2, dim=1) if n > 1 else (flipped, torch.zeros_like(flipped, dtype=torch.long))
     best = n - 1 - flipped.argmax(1)
@@ -164,14 +166,8 @@ def closest_above(
     among the edits that pass it the query goes to the one whose key feature points the most its
     way (cosine of the de-centred features, before TopHash keeps only which k are largest); -1 where
     none passes."""
-
-    def per_edit(scores: torch.Tensor) -> torch.Tensor:  # [q, keys] -> [q, n], best over each edit's keys
-        return torch.full((len(scores), n), -2.0).scatter_reduce(
-            1, owners.expand(len(scores), -1), scores, reduce="amax"
-        )
-
-    overlap = per_edit(queries.float() @ keys.float().T / k)  # [q, n]
-    cosine = per_edit(torch.nn.functional.normalize(features, dim=-1) @ directions.T)  # [q, n]
+    overlap = best_per_edit(queries.float() @ keys.float().T / k, owners, n)  # [q, n]
+    cosine = best_per_edit(torch.nn.functional.normalize(features, dim=-1) @ directions.T, owners, n)  # [q, n]
     cosine = torch.where(overlap >= tau, cosine, torch.full_like(cosine, -3.0))
     best = n - 1 - cosine.flip(1).argmax(1)  # ties to the later edit, as best_edits
     return torch.where(overlap.amax(1) >= tau, best, torch.full_like(best, -1))
